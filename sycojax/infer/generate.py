@@ -1,0 +1,172 @@
+"""Batched, jit-compiled generation with a preallocated KV cache.
+
+One compiled program per (batch, prompt bucket, max_new_tokens, sampling) shape: the prompt is
+left-padded to a bucket, prefilled in one forward pass, then decoded inside `lax.while_loop` —
+no Python work per token. Greedy, temperature and top-p sampling; rows stop at EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Int
+
+from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """`temperature=0` is greedy; otherwise sample from softmax(logits / T) restricted to the top-p mass."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self}")
+
+
+GREEDY = Sampling()
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: np.ndarray  # (B, max_new_tokens) new tokens, `pad_id` after a row stopped
+    lengths: np.ndarray  # (B,) number of new tokens per row (EOS excluded)
+
+    def rows(self) -> list[list[int]]:
+        return [self.tokens[i, : self.lengths[i]].tolist() for i in range(len(self.lengths))]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to a common length rounded up to `bucket` (fewer recompilations)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    n = max(len(p) for p in prompts)
+    n = -(-n // bucket) * bucket
+    tokens = np.full((len(prompts), n), pad_id, np.int32)
+    valid = np.zeros((len(prompts), n), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, n - len(p) :] = p
+        valid[i, n - len(p) :] = True
+    return tokens, valid
+
+
+def _select(logits: Array, key: Array, sampling: Sampling) -> Array:
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        keep = jnp.cumsum(probs, axis=-1) - probs < sampling.top_p  # always keeps the top token
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids", "pad_id", "attn_impl", "compute_dtype"),
+)
+def _generate(
+    params: dict,
+    tokens: Int[Array, "b p"],
+    valid: Bool[Array, "b p"],
+    key: Array,
+    adapters: Adapters | None,
+    *,
+    cfg: ModelConfig,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+    attn_impl: str = "xla",
+    compute_dtype=None,
+):
+    b, p = tokens.shape
+    s = p + max_new_tokens
+    dtype = compute_dtype or jnp.float32
+    cache = init_cache(cfg, b, s, dtype)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    key_valid = jnp.concatenate([valid, jnp.zeros((b, max_new_tokens), bool)], axis=1)  # (B, S)
+    causal = jnp.arange(s)[None, :] <= jnp.arange(p)[:, None]  # (P, S)
+    mask = causal[None, None] & key_valid[:, None, None, :]
+    run = functools.partial(forward, cfg=cfg, adapters=adapters, attn_impl=attn_impl, compute_dtype=compute_dtype)
+    out = run(params, tokens, positions=positions, mask=mask, cache=cache, cache_index=0)
+    key, sub = jax.random.split(key)
+    first = _select(out.logits[:, -1], sub, sampling)
+    next_pos = positions[:, -1] + 1
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+    def is_eos(t):
+        return jnp.any(t[:, None] == eos[None, :], axis=-1)
+
+    buf = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    state = dict(
+        step=jnp.int32(1), cache=out.cache, last=first, pos=next_pos, done=is_eos(first),
+        length=jnp.where(is_eos(first), 0, 1).astype(jnp.int32), buf=buf, key=key, key_valid=key_valid,
+    )
+
+    def cond(st):
+        return (st["step"] < max_new_tokens) & ~jnp.all(st["done"])
+
+    def body(st):
+        idx = p + st["step"] - 1  # cache slot of the token being fed
+        kv = st["key_valid"].at[:, idx].set(True)
+        o = run(
+            params, st["last"][:, None], positions=st["pos"][:, None], mask=kv[:, None, None, :],
+            cache=st["cache"], cache_index=idx,
+        )
+        k, sub = jax.random.split(st["key"])
+        nxt = _select(o.logits[:, -1], sub, sampling)
+        nxt = jnp.where(st["done"], pad_id, nxt)
+        stop = is_eos(nxt) & ~st["done"]
+        return dict(
+            step=st["step"] + 1, cache=o.cache, last=nxt, pos=st["pos"] + 1, done=st["done"] | stop,
+            length=st["length"] + (~(st["done"] | stop)).astype(jnp.int32),
+            buf=st["buf"].at[:, st["step"]].set(nxt), key=k, key_valid=kv,
+        )
+
+    st = jax.lax.while_loop(cond, body, state)
+    return st["buf"], st["length"]
+
+
+def generate(
+    params: dict,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 128,
+    sampling: Sampling = GREEDY,
+    adapters: Adapters | None = None,
+    eos_ids: Sequence[int] | None = None,
+    pad_id: int | None = None,
+    seed: int = 0,
+    bucket: int = 16,
+    attn_impl: str = "xla",
+    compute_dtype=None,
+) -> Generation:
+    """Generate up to `max_new_tokens` for each prompt (token-id lists of any lengths)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos = tuple(cfg.eos_ids if eos_ids is None else eos_ids)
+    pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else (eos or (0,))[0])
+    longest = max(len(p) for p in prompts) if prompts else 0
+    check_length(cfg, longest + max_new_tokens, f"a prompt of {longest} tokens plus {max_new_tokens} new tokens")
+    tokens, valid = left_pad(prompts, pad, bucket)
+    if tokens.shape[1] + max_new_tokens > cfg.max_position_embeddings:  # the bucket overshot: pad exactly
+        tokens, valid = left_pad(prompts, pad, 1)
+    if adapters is not None and adapters.gate is not None:
+        raise ValueError("generate() applies adapters everywhere; pass adapters without a per-position gate")
+    buf, lengths = _generate(
+        params, jnp.asarray(tokens), jnp.asarray(valid), jax.random.key(seed), adapters,
+        cfg=cfg, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos, pad_id=int(pad),
+        attn_impl=attn_impl, compute_dtype=compute_dtype,
+    )
+    return Generation(np.asarray(buf), np.asarray(lengths))

@@ -1,0 +1,145 @@
+"""The small pieces both architectures share: linear (with the LoRA seam), norms, RoPE, attention.
+
+Conventions: activations `(B, T, D)`; weights in PyTorch `(out, in)` layout as loaded from Hugging
+Face; norms, softmax and RoPE in fp32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from sycojax.models.config import ModelConfig
+
+# --------------------------------------------------------------------------- linear + LoRA
+
+
+def linear(
+    x: Float[Array, "b t i"],
+    p: dict,
+    lora: dict | None = None,
+    lora_scale: float = 1.0,
+    gate: Float[Array, "b t"] | None = None,
+    dtype=None,
+) -> Float[Array, "b t o"]:
+    """`y = x Wᵀ + b (+ s · g ⊙ (x Aᵀ) Bᵀ)`.
+
+    `p = {"weight": (o, i), "bias"?: (o,)}`; `lora = {"lora_A": (r, i), "lora_B": (o, r)}` (PEFT names),
+    `s = alpha / r` and `g` an optional per-position gate (1 where the adapter applies).
+    """
+    dtype = dtype or x.dtype
+    xc = x.astype(dtype)
+    y = jnp.einsum("bti,oi->bto", xc, p["weight"].astype(dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(dtype)
+    if lora is not None:
+        a = jnp.einsum("bti,ri->btr", xc, lora["lora_A"].astype(dtype))
+        d = jnp.einsum("btr,or->bto", a, lora["lora_B"].astype(dtype)) * lora_scale
+        if gate is not None:
+            d = d * gate[..., None].astype(dtype)
+        y = y + d
+    return y
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def rms_norm(x: Float[Array, "... d"], weight: Float[Array, "d"], eps: float) -> Float[Array, "... d"]:
+    """`x / sqrt(mean(x²) + eps) · w`, in fp32 (as HF LlamaRMSNorm)."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (weight.astype(jnp.float32) * x32).astype(dtype)
+
+
+def layer_norm(x: Float[Array, "... d"], p: dict, eps: float) -> Float[Array, "... d"]:
+    """`(x − μ) / sqrt(σ² + eps) · w + b`, in fp32."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    mu = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mu), axis=-1, keepdims=True)
+    y = (x32 - mu) * jax.lax.rsqrt(var + eps)
+    return (y * p["weight"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(dtype)
+
+
+# --------------------------------------------------------------------------- RoPE
+
+
+def inv_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """HF's `inv_freq` (fp32), with the llama3 frequency scaling when configured."""
+    dim = cfg.rot_dim
+    inv = (1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))).astype(
+        np.float32
+    )
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv
+    low_wl = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_wl = rs.original_max_position_embeddings / rs.high_freq_factor
+    wl = 2 * math.pi / inv
+    scaled = np.where(wl > low_wl, inv / rs.factor, inv)
+    smooth = (rs.original_max_position_embeddings / wl - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    medium = ~(wl < high_wl) & ~(wl > low_wl)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: Int[Array, "b t"]) -> tuple[Array, Array]:
+    """cos/sin tables `(B, T, rot_dim)` in HF's concatenated (`rotate_half`) layout."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_frequencies(cfg))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Float[Array, "b t n h"], cos: Array, sin: Array) -> Float[Array, "b t n h"]:
+    """`x·cos + rotate_half(x)·sin` on the first `rot_dim` channels (all of them unless partial rotary)."""
+    rot = cos.shape[-1]
+    xr, xp = x[..., :rot], x[..., rot:]
+    dtype = x.dtype
+    xr = xr.astype(jnp.float32)
+    x1, x2 = jnp.split(xr, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = (xr * c + rotated * s).astype(dtype)
+    return jnp.concatenate([out, xp], axis=-1) if xp.shape[-1] else out
+
+
+# --------------------------------------------------------------------------- attention
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def attention(
+    q: Float[Array, "b t n h"],
+    k: Float[Array, "b s m h"],
+    v: Float[Array, "b s m h"],
+    mask: Bool[Array, "b 1 t s"],
+    impl: str = "xla",
+) -> Float[Array, "b t n h"]:
+    """Softmax attention with grouped KV heads (`n = m · groups`) and an explicit boolean mask.
+
+    `impl="xla"` is the einsum reference (softmax in fp32); `impl="cudnn"` calls
+    `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only).
+    """
+    b, t, n, h = q.shape
+    m = k.shape[2]
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    if impl != "xla":
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
+    g = n // m
+    qg = q.reshape(b, t, m, g, h)
+    scores = jnp.einsum("btmgh,bsmh->bmgts", qg, k).astype(jnp.float32) / math.sqrt(h)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bmgts,bsmh->btmgh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+def update_cache(cache_kv: Array, new: Array, index) -> Array:
+    """Write `new (B, T, m, h)` into the preallocated `cache_kv (B, S, m, h)` at sequence `index`."""
+    return jax.lax.dynamic_update_slice(cache_kv, new.astype(cache_kv.dtype), (0, index, 0, 0))

@@ -1,0 +1,225 @@
+"""The forward pass of every supported architecture, as one pure function.
+
+`forward(params, tokens, cfg=..., positions=..., mask=...)` runs a LLaMA-family or GPT-NeoX model
+whose layers are stacked on a leading axis, with one `lax.scan` over layers. Everything a method
+changes comes in from outside:
+
+- `mask (B, 1, T, S)` and `positions (B, T)`: built by `sycojax.masks` (gist, CCM, padding...);
+- `adapters`: separate trees combined only here — LoRA on any linear module (optionally gated per
+  position) and extra embedding rows for token ids `>= vocab_size` (memory tokens, `<GIST>`, COMP);
+- `cache`: a preallocated KV cache written at `cache_index` (keys stored after RoPE).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Bool, Float, Int
+
+from sycojax.models import layers as L
+from sycojax.models.config import ModelConfig
+
+
+@struct.dataclass
+class Adapters:
+    """Trainable trees the forward applies on top of the frozen base.
+
+    lora:        `{"model"|"gpt_neox": {"layers": {<block>: {<linear>: {"lora_A": (L, r, in),
+                 "lora_B": (L, out, r)}}}}}` — the same path as the base weight it patches.
+    lora_scale:  `alpha / r` (static).
+    gate:        `(B, T)` in {0, 1}: where LoRA applies (conditional LoRA); None = everywhere.
+    embeddings:  `(N, D)` rows for token ids `V .. V+N-1` (memory / gist / COMP tokens).
+    """
+
+    lora: Any = None
+    gate: Array | None = None
+    embeddings: Array | None = None
+    lora_scale: float = struct.field(pytree_node=False, default=1.0)
+
+
+@struct.dataclass
+class Output:
+    logits: Array | None  # (B, T, V) fp32
+    hidden_states: Array | None  # (L+1, B, T, D): embeddings, each block's output; the last one after the final norm (as HF)
+    final_hidden: Array  # (B, T, D) after the final norm: what the LM head reads
+    cache: dict | None  # {"k", "v"}: (L, B, S, n_kv, hd)
+
+
+class SequenceTooLong(ValueError):
+    pass
+
+
+def check_length(cfg: ModelConfig, n: int, what: str = "sequence") -> None:
+    """Raise a clear error when `n` tokens do not fit the model's context window."""
+    if n > cfg.max_position_embeddings:
+        raise SequenceTooLong(
+            f"{what} needs {n} positions but the model's context window is {cfg.max_position_embeddings} "
+            "tokens; shorten the input (or the requested new tokens), or use a model with a longer context."
+        )
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def embed(params: dict, tokens: Int[Array, "b t"], cfg: ModelConfig, extra: Array | None = None) -> Array:
+    """Token embeddings; ids `>= vocab_size` index the `extra` table (adapter rows)."""
+    table = _get(params, cfg.embed_path)
+    v = cfg.vocab_size
+    e = jnp.take(table, jnp.clip(tokens, 0, v - 1), axis=0)
+    if extra is not None:
+        ex = jnp.take(extra, jnp.clip(tokens - v, 0, extra.shape[0] - 1), axis=0).astype(e.dtype)
+        e = jnp.where((tokens >= v)[..., None], ex, e)
+    return e
+
+
+def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
+    if cfg.arch == "gpt_neox":
+        return params["embed_out"]["weight"]
+    if cfg.tie_word_embeddings:
+        return params["model"]["embed_tokens"]["weight"]
+    return params["lm_head"]["weight"]
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _llama_block(h, lp, lora, ctx):
+    cfg: ModelConfig = ctx["cfg"]
+    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"])
+    lo = lora or {}
+    b, t, _ = h.shape
+    x = L.rms_norm(h, lp["input_layernorm"]["weight"], cfg.norm_eps)
+    att, alo = lp["self_attn"], lo.get("self_attn", {})
+    q = lin(x, att["q_proj"], alo.get("q_proj")).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = lin(x, att["k_proj"], alo.get("k_proj")).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = lin(x, att["v_proj"], alo.get("v_proj")).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    o, kv = _attend(q, k, v, ctx)
+    h = h + lin(o.reshape(b, t, -1), att["o_proj"], alo.get("o_proj")).astype(h.dtype)
+    x = L.rms_norm(h, lp["post_attention_layernorm"]["weight"], cfg.norm_eps)
+    mlp, mlo = lp["mlp"], lo.get("mlp", {})
+    act = jax.nn.silu(lin(x, mlp["gate_proj"], mlo.get("gate_proj"))) * lin(x, mlp["up_proj"], mlo.get("up_proj"))
+    h = h + lin(act, mlp["down_proj"], mlo.get("down_proj")).astype(h.dtype)
+    return h, kv
+
+
+def _gpt_neox_block(h, lp, lora, ctx):
+    cfg: ModelConfig = ctx["cfg"]
+    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"])
+    lo = lora or {}
+    b, t, _ = h.shape
+    att, alo = lp["attention"], lo.get("attention", {})
+    x = L.layer_norm(h, lp["input_layernorm"], cfg.norm_eps)
+    qkv = lin(x, att["query_key_value"], alo.get("query_key_value")).reshape(b, t, cfg.num_heads, 3, cfg.head_dim)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    o, kv = _attend(q, k, v, ctx)
+    attn_out = lin(o.reshape(b, t, -1), att["dense"], alo.get("dense")).astype(h.dtype)
+    mlp, mlo = lp["mlp"], lo.get("mlp", {})
+
+    def ffn(y):
+        y = jax.nn.gelu(lin(y, mlp["dense_h_to_4h"], mlo.get("dense_h_to_4h")), approximate=False)
+        return lin(y, mlp["dense_4h_to_h"], mlo.get("dense_4h_to_h")).astype(h.dtype)
+
+    if cfg.use_parallel_residual:
+        h = h + attn_out + ffn(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
+    else:
+        h = h + attn_out
+        h = h + ffn(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
+    return h, kv
+
+
+def _attend(q, k, v, ctx):
+    cos, sin = ctx["rope"]
+    q = L.apply_rope(q, cos, sin)
+    k = L.apply_rope(k, cos, sin)
+    cache = ctx["layer_cache"]
+    if cache is not None:
+        k_all = L.update_cache(cache["k"], k, ctx["cache_index"])
+        v_all = L.update_cache(cache["v"], v, ctx["cache_index"])
+        kv = {"k": k_all, "v": v_all}
+        k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+    else:
+        kv = None
+    return L.attention(q, k, v, ctx["mask"], impl=ctx["attn_impl"]), kv
+
+
+_BLOCKS = {"llama": (_llama_block, "model"), "gpt_neox": (_gpt_neox_block, "gpt_neox")}
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def forward(
+    params: dict,
+    tokens: Int[Array, "b t"] | None,
+    *,
+    cfg: ModelConfig,
+    positions: Int[Array, "b t"],
+    mask: Bool[Array, "b 1 t s"],
+    adapters: Adapters | None = None,
+    cache: dict | None = None,
+    cache_index: Int[Array, ""] | int = 0,
+    embeddings: Float[Array, "b t d"] | None = None,
+    return_hidden: bool = False,
+    return_logits: bool = True,
+    compute_dtype=None,
+    attn_impl: str = "xla",
+    remat: bool = False,
+) -> Output:
+    """Run the model.
+
+    Args:
+      params: base tree (HF names, layers stacked). Never modified.
+      tokens: `(B, T)` ids; ids `>= vocab_size` read `adapters.embeddings`. Ignored if `embeddings` given.
+      positions: `(B, T)` RoPE positions (explicit: gist and CCM choose their own).
+      mask: `(B, 1, T, S)` bool, `S = T` without a cache, `S = cache length` with one.
+      cache: `{"k","v"}` of shape `(L, B, S, n_kv, hd)`; new keys/values are written at `cache_index`.
+      return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed).
+      return_logits: False skips the LM head (losses that chunk over the vocabulary read `final_hidden`).
+      compute_dtype: matmul dtype (None: the params' dtype); norms/softmax/RoPE stay fp32.
+      remat: rematerialise each block in the backward pass (`jax.checkpoint`), trading compute for memory.
+    """
+    adapters = adapters if adapters is not None else Adapters()
+    block, root = _BLOCKS[cfg.arch]
+    dtype = compute_dtype or _get(params, cfg.embed_path).dtype
+    h = embeddings if embeddings is not None else embed(params, tokens, cfg, adapters.embeddings)
+    h = h.astype(dtype)
+    rope = L.rope_cos_sin(cfg, positions)
+    lora_layers = None if adapters.lora is None else adapters.lora[root]["layers"]
+
+    def step(h, xs):
+        lp, lo, lc = xs
+        ctx = dict(
+            cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
+            layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl,
+        )
+        h, kv = block(h, lp, lo, ctx)
+        return h, (kv, h if return_hidden else None)
+
+    if remat:
+        step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
+    h_in = h
+    h, (new_cache, hs) = jax.lax.scan(step, h, (params[root]["layers"], lora_layers, cache))
+
+    if cfg.arch == "llama":
+        final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
+    else:
+        final = L.layer_norm(h, params["gpt_neox"]["final_layer_norm"], cfg.norm_eps)
+    logits = None
+    if return_logits:
+        w = lm_head_weight(params, cfg)
+        logits = jnp.einsum("btd,vd->btv", final.astype(dtype), w.astype(dtype)).astype(jnp.float32)
+    # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
+    hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
+    return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache)
