@@ -80,6 +80,7 @@ def _generate(
     valid: Bool[Array, "b p"],
     key: Array,
     adapters: Adapters | None,
+    prefix: Int[Array, "1 q"] | None = None,
     *,
     cfg: ModelConfig,
     max_new_tokens: int,
@@ -90,15 +91,25 @@ def _generate(
     compute_dtype=None,
 ):
     b, p = tokens.shape
-    s = p + max_new_tokens
+    q = 0 if prefix is None else prefix.shape[1]
+    s = q + p + max_new_tokens
     dtype = compute_dtype or jnp.float32
-    cache = init_cache(cfg, b, s, dtype)
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    key_valid = jnp.concatenate([valid, jnp.zeros((b, max_new_tokens), bool)], axis=1)  # (B, S)
-    causal = jnp.arange(s)[None, :] <= jnp.arange(p)[:, None]  # (P, S)
-    mask = causal[None, None] & key_valid[:, None, None, :]
     run = functools.partial(forward, cfg=cfg, adapters=adapters, attn_impl=attn_impl, compute_dtype=compute_dtype)
-    out = run(params, tokens, positions=positions, mask=mask, cache=cache, cache_index=0)
+    if prefix is None:
+        cache = init_cache(cfg, b, s, dtype)
+    else:  # the shared prefix is computed once (batch 1) and its K/V broadcast to every row
+        pmask = (jnp.arange(s)[None, :] <= jnp.arange(q)[:, None])[None, None]
+        pre = run(params, prefix, positions=jnp.arange(q)[None], mask=pmask, cache=init_cache(cfg, 1, s, dtype),
+                  return_logits=False)
+        cache = jax.tree.map(lambda c: jnp.broadcast_to(c, (c.shape[0], b) + c.shape[2:]), pre.cache)
+    # key slots: [prefix q][left-padded prompt p][new tokens]; padding slots are never attended
+    key_valid = jnp.concatenate(
+        [jnp.ones((b, q), bool), valid, jnp.zeros((b, max_new_tokens), bool)], axis=1
+    )  # (B, S)
+    positions = q + jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    causal = jnp.arange(s)[None, :] <= (q + jnp.arange(p))[:, None]  # (P, S)
+    mask = causal[None, None] & key_valid[:, None, None, :]
+    out = run(params, tokens, positions=positions, mask=mask, cache=cache, cache_index=q)
     key, sub = jax.random.split(key)
     first = _select(out.logits[:, -1], sub, sampling)
     next_pos = positions[:, -1] + 1
@@ -117,7 +128,7 @@ def _generate(
         return (st["step"] < max_new_tokens) & ~jnp.all(st["done"])
 
     def body(st):
-        idx = p + st["step"] - 1  # cache slot of the token being fed
+        idx = q + p + st["step"] - 1  # cache slot of the token being fed
         kv = st["key_valid"].at[:, idx].set(True)
         o = run(
             params, st["last"][:, None], positions=st["pos"][:, None], mask=kv[:, None, None, :],
@@ -149,23 +160,30 @@ def generate(
     pad_id: int | None = None,
     seed: int = 0,
     bucket: int = 16,
+    prefix: Sequence[int] | None = None,
     attn_impl: str = "xla",
     compute_dtype=None,
 ) -> Generation:
-    """Generate up to `max_new_tokens` for each prompt (token-id lists of any lengths)."""
+    """Generate up to `max_new_tokens` for each prompt (token-id lists of any lengths).
+
+    `prefix`: tokens shared by every prompt (e.g. a system prompt) placed before each of them; its K/V
+    is computed once for the whole batch instead of once per row.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos = tuple(cfg.eos_ids if eos_ids is None else eos_ids)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else (eos or (0,))[0])
+    nq = len(prefix) if prefix else 0
     longest = max(len(p) for p in prompts) if prompts else 0
-    check_length(cfg, longest + max_new_tokens, f"a prompt of {longest} tokens plus {max_new_tokens} new tokens")
+    check_length(cfg, nq + longest + max_new_tokens, f"a prompt of {nq + longest} tokens plus {max_new_tokens} new tokens")
     tokens, valid = left_pad(prompts, pad, bucket)
-    if tokens.shape[1] + max_new_tokens > cfg.max_position_embeddings:  # the bucket overshot: pad exactly
+    if nq + tokens.shape[1] + max_new_tokens > cfg.max_position_embeddings:  # the bucket overshot: pad exactly
         tokens, valid = left_pad(prompts, pad, 1)
     if adapters is not None and adapters.gate is not None:
         raise ValueError("generate() applies adapters everywhere; pass adapters without a per-position gate")
     buf, lengths = _generate(
         params, jnp.asarray(tokens), jnp.asarray(valid), jax.random.key(seed), adapters,
+        None if not prefix else jnp.asarray([list(prefix)], jnp.int32),
         cfg=cfg, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos, pad_id=int(pad),
         attn_impl=attn_impl, compute_dtype=compute_dtype,
     )

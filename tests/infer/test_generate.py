@@ -92,3 +92,13 @@ def test_too_long_prompt_is_a_clear_error(tiny_llama):
 def test_left_pad_rejects_empty_prompt():
     with pytest.raises(ValueError, match="at least one token"):
         left_pad([[1, 2], []], 0)
+
+
+def test_shared_prefix_equals_prefix_in_every_prompt(tiny_llama):
+    cfg, params = tiny_llama
+    rs = np.random.RandomState(2)
+    prefix = rs.randint(3, cfg.vocab_size, size=7).tolist()
+    prompts = [rs.randint(3, cfg.vocab_size, size=n).tolist() for n in (4, 11)]
+    shared = generate(params, cfg, prompts, max_new_tokens=6, prefix=prefix).rows()
+    for prompt, row in zip(prompts, shared):
+        assert row == _greedy_reference(params, cfg, prefix + prompt, 6)
