@@ -1,0 +1,20 @@
+"""Shared fixtures for the data tests: the small data fixture and a private parse cache."""
+
+from pathlib import Path
+
+import pytest
+
+FIXTURE_ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+
+
+@pytest.fixture
+def root():
+    return FIXTURE_ROOT
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every data test gets its own empty parse cache (SYCOJAX_CACHE)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SYCOJAX_CACHE", str(cache))
+    return cache
