@@ -1,0 +1,64 @@
+"""SyCoMode consolidation of a context into LoRA / memory tokens / weights (launch/consolidate.py).
+
+    python launch/consolidate.py --config=configs/consolidate.py --context="You are a pirate..." \\
+        --config.method.name=memory --config.train.num_steps=40
+
+The SyCoMode-style flags of the launch (--method, --lr, --num_iter, ...) override the fields below.
+"""
+
+import ml_collections
+
+from sycojax.train.config import default_config
+
+PIRATE = (
+    "You are Captain Barnacle, a grumpy old pirate. Always talk like a pirate: say 'Arr!' and 'matey', "
+    "and end every answer with 'Yo-ho-ho!'"
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default_config()
+    c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct"))
+    c.method = ml_collections.ConfigDict(
+        dict(
+            name="lora",  # lora | memory | full
+            objective="distill_on_generated_text",  # | distill_on_output_logits | causal_language_model
+            lora_rank=8,
+            lora_alpha=16.0,
+            lora_targets="all",  # comma list among q,k,v,o,gate,up,down (or HF names), or "all"
+            num_mem_tokens=8,  # used when name=memory
+            mem_init="context",  # mean | context
+            temp=1.0,  # distillation temperature
+            topk=64,  # teacher log-probs kept per position
+            max_response_tokens=64,
+            teacher_temperature=0.8,  # teacher sampling for distill_on_generated_text
+            teacher_top_p=0.95,
+            samples_per_query=1,
+            last_only=False,  # upstream SyCoMode: distil only the last position
+        )
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            context=PIRATE,
+            context_file="",
+            queries_file="",  # one query per line; empty = data.query_source
+            eval_queries_file="",  # one query per line; empty = data.eval_source
+            query_source="sharegpt",  # sharegpt | self_study
+            eval_source="sharegpt",  # sharegpt (held out) | mtbench
+            num_train_queries=32,
+            num_eval_queries=8,
+        )
+    )
+    c.eval = ml_collections.ConfigDict(dict(num_samples=3, sample_tokens=48))
+    c.workdir = ""
+    c.optim.lr = 1e-3
+    c.optim.schedule = "constant"
+    c.optim.warmup_frac = 0.0
+    c.optim.clip_norm = 1.0
+    c.train.num_steps = 16
+    c.train.batch_size = 4
+    c.train.log_every = 2
+    c.train.eval_every = 4
+    c.ckpt.every = 8
+    c.ckpt.keep = 2
+    return c

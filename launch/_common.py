@@ -1,0 +1,15 @@
+"""Shared start-up for the absl launches: repo root on sys.path, offline Hugging Face, quiet logs."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def config_path(name: str) -> str:
+    return os.path.join(ROOT, "configs", name)

@@ -1,0 +1,64 @@
+"""Benchmark sycojax against PyTorch (transformers + PEFT) on SmolLM2, both in the same run.
+
+    python launch/bench.py                                  # every job, table on stdout
+    python launch/bench.py --json=results/bench.json        # also write the rows as JSON
+    python launch/bench.py --jobs=forward,generate_b1 --repeats=3
+
+Each side of each job runs in a fresh process (its own peak RSS; PyTorch with
+`torch.set_num_threads(<cores>)`, XLA on all cores). Times are min / median over `--repeats` runs
+after warm-up (compilation excluded). `ratio = torch_s / jax_s`; `%peak` = model FLOP/s over the
+fp32 matmul peak measured at the start of the run (JAX's for ours, PyTorch's for theirs).
+Jobs and columns: `sycojax/bench/jobs.py`, `sycojax/bench/runner.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from absl import app, flags  # noqa: E402
+
+from sycojax.bench import runner  # noqa: E402
+from sycojax.bench.jobs import JOBS, SIDES  # noqa: E402
+
+_JOBS = flags.DEFINE_list("jobs", list(JOBS), f"jobs to run, in order; known: {', '.join(JOBS)}")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per side (after warm-up); min and median are reported")
+_JSON = flags.DEFINE_string("json", None, "write the rows (and run metadata) to this JSON file")
+_SIDES = flags.DEFINE_list("sides", list(SIDES), "which implementations to run (jax, torch)")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if _REPEATS.value < 1:
+        raise app.UsageError("--repeats must be >= 1")
+    bad = [s for s in _SIDES.value if s not in SIDES]
+    if bad:
+        raise app.UsageError(f"unknown side(s) {bad}; choose from {', '.join(SIDES)}")
+    try:
+        out = runner.run_jobs(_JOBS.value, _REPEATS.value, _SIDES.value, log=lambda s: print(s, flush=True))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    print()
+    print(runner.format_table(out["rows"]))
+    m = out["meta"]
+    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s, PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s; "
+          f"{m['threads']} threads; {m['repeats']} repeats; total {m['total_s']:.0f}s")
+    if _JSON.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+        with open(_JSON.value, "w") as f:
+            json.dump(dict(meta=m, rows=[dataclasses.asdict(r) for r in out["rows"]]), f, indent=2)
+        print(f"wrote {_JSON.value}")
+    if any(r.error for r in out["rows"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,95 @@
+"""Consolidate a context into LoRA, memory tokens or the weights themselves (SyCoMode).
+
+    python launch/consolidate.py --context="You are a pirate..." --method=lora --num_iter=16
+    python launch/consolidate.py --context_file=persona.txt --method=memory --num_mem_tokens=8 \\
+        --queries_file=train.txt --eval_queries_file=eval.txt --workdir=checkpoints/pirate
+
+Flags named like SyCoMode's override the config file (`--config=configs/consolidate.py`); every
+other field is reachable as `--config.<section>.<key>=...`. Ends by printing where outputs went.
+"""
+
+import _common  # noqa: F401  (sys.path, offline HF)
+from absl import app, flags
+from ml_collections import config_flags
+
+from sycojax.methods import consolidate
+from sycojax.methods.sycomode import ConsolidationError
+from sycojax.train.config import parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("consolidate.py"), "config file")
+F = flags.FLAGS
+flags.DEFINE_string("model", None, "model name or path (default: smollm2-135m-instruct)")
+flags.DEFINE_enum("method", None, ["lora", "memory", "full"], "what trains")
+flags.DEFINE_integer("num_mem_tokens", None, "memory tokens (SyCoMode: 0 = train the weights, i.e. --method=full)")
+flags.DEFINE_string("objective", None, "distill_on_generated_text | distill_on_output_logits | causal_language_model")
+flags.DEFINE_float("lr", None, "learning rate")
+flags.DEFINE_integer("num_iter", None, "optimizer steps")
+flags.DEFINE_float("temp", None, "distillation temperature")
+flags.DEFINE_integer("lora_rank", None, "LoRA rank")
+flags.DEFINE_string("context", None, "the context to consolidate")
+flags.DEFINE_string("context_file", None, "file holding the context")
+flags.DEFINE_string("queries_file", None, "training queries, one per line")
+flags.DEFINE_string("eval_queries_file", None, "held-out queries, one per line")
+flags.DEFINE_string("workdir", None, "output directory")
+flags.DEFINE_bool("wandb", False, "log to Weights & Biases (offline mode unless WANDB_MODE says otherwise)")
+flags.DEFINE_bool("resume", False, "continue the run in --workdir")
+flags.DEFINE_bool("overwrite", False, "replace the run in --workdir")
+
+
+def apply_flags(c):
+    def put(flag, section, key):
+        v = getattr(F, flag)
+        if v is not None:
+            setattr(getattr(c, section) if section else c, key, v)
+
+    put("model", "model", "name")
+    put("method", "method", "name")
+    put("objective", "method", "objective")
+    put("lr", "optim", "lr")
+    put("num_iter", "train", "num_steps")
+    put("temp", "method", "temp")
+    put("lora_rank", "method", "lora_rank")
+    put("context", "data", "context")
+    put("context_file", "data", "context_file")
+    put("queries_file", "data", "queries_file")
+    put("eval_queries_file", "data", "eval_queries_file")
+    put("workdir", None, "workdir")
+    if F.num_mem_tokens is not None:
+        c.method.num_mem_tokens = F.num_mem_tokens
+        if F.num_mem_tokens == 0:
+            c.method.name = "full"
+        elif F.method is None:
+            c.method.name = "memory"
+    if F.context_file and F.context is None:
+        c.data.context = ""
+    if F.wandb:
+        c.logging.wandb = True
+    return c
+
+
+def main(argv):
+    del argv
+    c = apply_flags(_CONFIG.value)
+    try:
+        report = consolidate.run(c, resume=F.resume, overwrite=F.overwrite)
+    except ConsolidationError as e:
+        raise SystemExit(f"error: {e}") from None
+    print()
+    print(f"method={report['method']}  KL before {report['kl_before']:.4f} -> after {report['kl_after']:.4f} "
+          f"nats/token  (gap closed {100 * report['gap_closed']:.1f}%)  steps={report['steps']}  "
+          f"time {report['timings_s']['total']:.0f}s")
+    for i, s in enumerate(report["samples"], 1):
+        print(f"\n[{i}] query: {s['query']}")
+        print(f"    teacher (with context):   {s['teacher']!r}")
+        print(f"    consolidated (no context): {s['student']!r}")
+        print(f"    baseline (no context):     {s['baseline']!r}")
+    out = report["outputs"]
+    print()
+    print(f"workdir: {out['workdir']}")
+    print(f"report:  {out['report']}")
+    print(f"adapter: {out['adapter']}" + (f"  (PEFT: {out['peft']})" if out["peft"] else ""))
+    print(f"plots:   {out['kl_curve']}" + (f", {out['loss_curve']}" if out["loss_curve"] else ""))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
