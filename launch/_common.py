@@ -13,3 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def config_path(name: str) -> str:
     return os.path.join(ROOT, "configs", name)
+
+
+def quiet_logs() -> None:
+    """Keep absl INFO (Orbax logs every save at INFO) off the console unless --verbosity was given."""
+    from absl import flags, logging  # noqa: PLC0415
+
+    if flags.FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)

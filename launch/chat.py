@@ -21,6 +21,7 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
+    _common.quiet_logs()
     try:
         model = load_consolidated(F.adapter)
     except (ConsolidationError, FileNotFoundError, ValueError) as e:

@@ -69,6 +69,7 @@ def apply_flags(c):
 
 def main(argv):
     del argv
+    _common.quiet_logs()
     c = apply_flags(_CONFIG.value)
     try:
         report = consolidate.run(c, resume=F.resume, overwrite=F.overwrite)

@@ -26,6 +26,7 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
+    _common.quiet_logs()
     try:
         cfg, params, _ = load_model(F.model)
         tok = load_tokenizer(F.model)

@@ -173,19 +173,25 @@ def _bucket(n: int, b: int = 16) -> int:
 
 @dataclasses.dataclass
 class Targets:
-    """Student-side arrays for training or evaluation; teacher targets aligned to student positions."""
+    """Student-side rows with the teacher's targets at the response positions.
 
-    tokens: np.ndarray  # (N, T) student prompt + response, right-padded
-    weights: np.ndarray  # (N, T) 1 where the position predicts a response token
-    topk_idx: np.ndarray | None = None  # (N, T, k)
-    topk_logprobs: np.ndarray | None = None  # (N, T, k)
-    resp_pos: np.ndarray | None = None  # (N, R) student positions of the response predictions (eval)
-    resp_weights: np.ndarray | None = None  # (N, R)
+    Row i is `student[i] + response[i]` (right-padded); `resp_pos[i, j]` is the student position whose
+    logits predict response token j (`resp_weights` = 1 for real tokens). Training keeps the teacher's
+    top-k per response token; evaluation keeps the full distribution for an exact KL. Only response
+    positions go through the LM head, never the prompt.
+    """
+
+    tokens: np.ndarray  # (N, T) int32
+    resp_pos: np.ndarray  # (N, R) int32
+    resp_weights: np.ndarray  # (N, R) float32
+    topk_idx: np.ndarray | None = None  # (N, R, k)
+    topk_logprobs: np.ndarray | None = None  # (N, R, k)
     teacher_logprobs: np.ndarray | None = None  # (N, R, V) full teacher log-probs (eval)
 
     def train_arrays(self) -> dict[str, np.ndarray]:
-        return dict(tokens=self.tokens, weights=self.weights, topk_idx=self.topk_idx,
-                    topk_logprobs=self.topk_logprobs, num_tokens=self.weights.sum(1).astype(np.int32))
+        return dict(tokens=self.tokens, resp_pos=self.resp_pos, resp_weights=self.resp_weights,
+                    topk_idx=self.topk_idx, topk_logprobs=self.topk_logprobs,
+                    num_tokens=self.resp_weights.sum(1).astype(np.int32))
 
 
 def teacher_targets(
@@ -206,13 +212,11 @@ def teacher_targets(
     check_length(cfg, len(prompts.teacher_prefix) + t_teacher, "context + query + response")
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     tokens = np.full((n, t_student), pad, np.int32)
-    weights = np.zeros((n, t_student), np.float32)
     resp_pos = np.zeros((n, r_max), np.int32)
     resp_w = np.zeros((n, r_max), np.float32)
     for i, (s, r) in enumerate(zip(prompts.student, responses)):
         row = list(s) + list(r)
         tokens[i, : len(row)] = row
-        weights[i, len(s) - 1 : len(s) - 1 + len(r)] = 1.0
         resp_pos[i, : len(r)] = np.arange(len(s) - 1, len(s) - 1 + len(r))
         resp_w[i, : len(r)] = 1.0
     prefix_cache = _prefix_cache(params, cfg, prompts.teacher_prefix)
@@ -238,17 +242,8 @@ def teacher_targets(
             idx_all.append(np.asarray(res[0])[: len(rows)])
             lp_all.append(np.asarray(res[1])[: len(rows)])
     if full:
-        return Targets(tokens, weights, resp_pos=resp_pos, resp_weights=resp_w,
-                       teacher_logprobs=np.concatenate(lp_all).astype(np.float32))
-    idx_r, lp_r = np.concatenate(idx_all), np.concatenate(lp_all)  # (N, R, k) indexed by response position
-    topk_idx = np.zeros((n, t_student, topk), np.int32)
-    topk_lp = np.full((n, t_student, topk), -1e9, np.float32)
-    topk_lp[..., 0] = 0.0  # harmless placeholder where weights are 0
-    for i in range(n):
-        m = int(resp_w[i].sum())
-        topk_idx[i, resp_pos[i, :m]] = idx_r[i, :m]
-        topk_lp[i, resp_pos[i, :m]] = lp_r[i, :m]
-    return Targets(tokens, weights, topk_idx, topk_lp, resp_pos, resp_w)
+        return Targets(tokens, resp_pos, resp_w, teacher_logprobs=np.concatenate(lp_all).astype(np.float32))
+    return Targets(tokens, resp_pos, resp_w, np.concatenate(idx_all), np.concatenate(lp_all))
 
 
 def context_lm_targets(tok, cfg: ModelConfig, context: str, spec: Spec) -> Targets:
@@ -265,15 +260,12 @@ def context_lm_targets(tok, cfg: ModelConfig, context: str, spec: Spec) -> Targe
     t = _bucket(len(row))
     tokens = np.full((1, t), cfg.pad_token_id or 0, np.int32)
     tokens[0, : len(row)] = row
-    weights = np.zeros((1, t), np.float32)
-    topk_idx = np.zeros((1, t, spec.topk), np.int32)
-    topk_lp = np.full((1, t, spec.topk), -1e9, np.float32)
-    start = 1 + spec.n_mem  # predict the context tokens, not the memory tokens
-    for pos in range(start - 1, len(row) - 1):
-        weights[0, pos] = 1.0
-        topk_idx[0, pos, 0] = row[pos + 1]
-        topk_lp[0, pos, 0] = 0.0
-    return Targets(tokens, weights, topk_idx, topk_lp)
+    pos = np.arange(spec.n_mem, len(row) - 1)  # from the last memory token (or BOS): predict the context
+    topk_idx = np.zeros((1, len(pos), spec.topk), np.int32)
+    topk_lp = np.full((1, len(pos), spec.topk), -1e9, np.float32)
+    topk_idx[0, :, 0] = np.asarray(row)[pos + 1]
+    topk_lp[0, :, 0] = 0.0
+    return Targets(tokens, pos[None].astype(np.int32), np.ones((1, len(pos)), np.float32), topk_idx, topk_lp)
 
 
 # --------------------------------------------------------------------------- trainable trees + loss
@@ -297,7 +289,11 @@ def split_trees(params, trainable: dict, spec: Spec) -> tuple[dict, Adapters]:
 
 
 def make_loss_fn(cfg: ModelConfig, spec: Spec):
-    """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`)."""
+    """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`).
+
+    loss = Σ_j w_j · CE(teacher top-k at response token j ‖ softmax(student logits / T)) / Σ_j w_j,
+    which is KL(teacher‖student) on the top-k support plus the (constant) teacher top-k entropy.
+    """
 
     def loss_fn(trainable, frozen, batch, rng):
         del rng
@@ -306,11 +302,12 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec):
         valid = jnp.ones(tokens.shape, bool)  # right padding: causal alone keeps real tokens clean
         out = forward(params, tokens, cfg=cfg, positions=jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0),
                       mask=causal_padding(valid), adapters=adapters, return_logits=False)
-        weights = batch["weights"]
+        weights = batch["resp_weights"]
         if spec.last_only:
             weights = obj.last_only_weights(weights)
+        h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
         loss = obj.distill_topk_from_hidden(
-            out.final_hidden, lm_head_weight(params, cfg), batch["topk_idx"], batch["topk_logprobs"], weights,
+            h, lm_head_weight(params, cfg), batch["topk_idx"], batch["topk_logprobs"], weights,
             temperature=spec.temperature,
         )
         return loss, {"distill_ce": loss}

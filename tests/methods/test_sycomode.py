@@ -49,12 +49,12 @@ def test_teacher_targets_are_the_teachers_distribution_at_student_positions(tiny
         ref = np.asarray(_logits(params, cfg, teacher_ids))  # no prefix cache: plain full forward
         start = len(p.teacher_prefix) + len(p.teacher_suffix[i]) - 1
         s0 = len(p.student[i]) - 1
-        assert tgt.weights[i].sum() == len(r) and tgt.weights[i, s0] == 1 and tgt.weights[i, s0 - 1] == 0
+        assert tgt.resp_weights[i].sum() == len(r) and tgt.resp_pos[i, : len(r)].tolist() == list(range(s0, s0 + len(r)))
         assert tgt.tokens[i, s0 + 1 : s0 + 1 + len(r)].tolist() == r
         for j in range(len(r)):
             lp = np.asarray(jax.nn.log_softmax(ref[start + j] / 2.0))
-            np.testing.assert_allclose(tgt.topk_logprobs[i, s0 + j], np.sort(lp)[::-1][:5], atol=1e-4)
-            assert set(tgt.topk_idx[i, s0 + j].tolist()) == set(np.argsort(-lp)[:5].tolist())
+            np.testing.assert_allclose(tgt.topk_logprobs[i, j], np.sort(lp)[::-1][:5], atol=1e-4)
+            assert set(tgt.topk_idx[i, j].tolist()) == set(np.argsort(-lp)[:5].tolist())
             np.testing.assert_allclose(full.teacher_logprobs[i, j], jax.nn.log_softmax(ref[start + j]), atol=1e-4)
 
 
@@ -86,8 +86,9 @@ def test_loss_at_init_is_the_topk_cross_entropy_and_training_closes_the_gap(tiny
     trainable = sm.init_trainable(params, cfg, spec, jax.random.key(0))
     batch = {k: jnp.asarray(v) for k, v in tgt.train_arrays().items()}
     loss, _ = sm.make_loss_fn(cfg, spec)(trainable, {"base": params}, batch, None)
-    ref = obj.distill_on_topk(jax.vmap(lambda ids: _logits(params, cfg, ids))(batch["tokens"]), batch["topk_idx"],
-                              batch["topk_logprobs"], batch["weights"])
+    logits = jax.vmap(lambda ids: _logits(params, cfg, ids))(batch["tokens"])
+    logits = jnp.take_along_axis(logits, batch["resp_pos"][..., None], axis=1)
+    ref = obj.distill_on_topk(logits, batch["topk_idx"], batch["topk_logprobs"], batch["resp_weights"])
     assert float(loss) == pytest.approx(float(ref), rel=1e-4)
     # a few Adam steps on the targets reduce the exact held-out KL on the same rows
     full = sm.teacher_targets(params, cfg, p, responses, topk=spec.topk, full=True)
@@ -110,9 +111,8 @@ def test_causal_lm_targets_predict_the_context_after_memory_tokens(tiny_llama, c
     t = sm.context_lm_targets(char_tok, cfg, "abcd", spec)
     row = t.tokens[0]
     assert row[0] == cfg.bos_token_id and row[1:3].tolist() == [cfg.vocab_size, cfg.vocab_size + 1]
-    pos = np.nonzero(t.weights[0])[0]
-    assert pos.tolist() == [2, 3, 4, 5]  # the last memory token predicts the first context token
-    assert [t.topk_idx[0, q, 0] for q in pos] == row[3:7].tolist()
+    assert t.resp_pos[0].tolist() == [2, 3, 4, 5]  # the last memory token predicts the first context token
+    assert t.topk_idx[0, :, 0].tolist() == row[3:7].tolist()
 
 
 def test_peft_export_reproduces_student_logits(tiny_llama, tmp_path):
