@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from sycojax.methods import consolidate
 from sycojax.methods.sycomode import ConsolidationError
+from sycojax.train import distributed
 from sycojax.train.config import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("consolidate.py"), "config file")
@@ -34,6 +35,7 @@ flags.DEFINE_string("workdir", None, "output directory")
 flags.DEFINE_bool("wandb", False, "log to Weights & Biases (offline mode unless WANDB_MODE says otherwise)")
 flags.DEFINE_bool("resume", False, "continue the run in --workdir")
 flags.DEFINE_bool("overwrite", False, "replace the run in --workdir")
+distributed.define_flags()  # --coordinator_address / --num_processes / --process_id (multi-host)
 
 
 def apply_flags(c):
@@ -70,6 +72,7 @@ def apply_flags(c):
 def main(argv):
     del argv
     _common.quiet_logs()
+    distributed.maybe_initialize_from_flags()  # before any device is touched
     c = apply_flags(_CONFIG.value)
     try:
         report = consolidate.run(c, resume=F.resume, overwrite=F.overwrite)
