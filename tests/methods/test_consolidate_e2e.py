@@ -48,10 +48,13 @@ def test_report_has_kl_and_samples_and_last_lines_say_where_outputs_went(workdir
 
 def test_inspect_ckpt_prints_tree_and_metadata_and_exports(workdir):
     d, _ = workdir
-    out = _run(ROOT / "launch/inspect_ckpt.py", d / "run", f"--export={d / 'lora.safetensors'}")
+    out = _run(ROOT / "launch/inspect_ckpt.py", d / "run")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "lora.model.layers.self_attn.q_proj.lora_A" in out.stdout and "smollm2-135m-instruct" in out.stdout
-    assert "base_hash" in out.stdout and (d / "lora.safetensors").stat().st_size > 1_000_000
+    assert "base_hash" in out.stdout and "steps: [2, 3]" in out.stdout
+    out = _run(ROOT / "launch/inspect_ckpt.py", d / "run", f"--export={d / 'lora.safetensors'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (d / "lora.safetensors").stat().st_size > 1_000_000
 
 
 def test_second_run_in_the_same_workdir_is_refused_and_chat_works(workdir):
