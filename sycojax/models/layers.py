@@ -140,6 +140,38 @@ def attention(
     return out.reshape(b, t, n, h)
 
 
+def attention_with_cache(
+    q: Float[Array, "b t n h"],
+    k_old: Float[Array, "b s m h"],
+    v_old: Float[Array, "b s m h"],
+    mask_old: Bool[Array, "b 1 t s"],
+    k_new: Float[Array, "b t m h"],
+    v_new: Float[Array, "b t m h"],
+    mask_new: Bool[Array, "b 1 t t"],
+    impl: str = "xla",
+) -> Float[Array, "b t n h"]:
+    """Attention over two key sets (a cache and this call's keys) with ONE softmax, without concatenating
+    the cache: equal to `attention(q, [k_old; k_new], [v_old; v_new], [mask_old, mask_new])`."""
+    if impl != "xla":
+        k = jnp.concatenate([k_old, k_new], axis=1)
+        v = jnp.concatenate([v_old, v_new], axis=1)
+        return attention(q, k, v, jnp.concatenate([mask_old, mask_new], axis=-1), impl=impl)
+    b, t, n, h = q.shape
+    m = k_old.shape[2]
+    qg = q.reshape(b, t, m, n // m, h)
+    neg = jnp.finfo(jnp.float32).min
+    s_old = jnp.einsum("btmgh,bsmh->bmgts", qg, k_old).astype(jnp.float32) / math.sqrt(h)
+    s_new = jnp.einsum("btmgh,bsmh->bmgts", qg, k_new).astype(jnp.float32) / math.sqrt(h)
+    s_old = jnp.where(mask_old[:, :, None], s_old, neg)
+    s_new = jnp.where(mask_new[:, :, None], s_new, neg)
+    mx = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    e_old, e_new = jnp.exp(s_old - mx), jnp.exp(s_new - mx)
+    denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)
+    out = jnp.einsum("bmgts,bsmh->btmgh", (e_old / denom).astype(v_old.dtype), v_old)
+    out = out + jnp.einsum("bmgts,bsmh->btmgh", (e_new / denom).astype(v_new.dtype), v_new)
+    return out.reshape(b, t, n, h)
+
+
 def update_cache(cache_kv: Array, new: Array, index) -> Array:
     """Write `new (B, T, m, h)` into the preallocated `cache_kv (B, S, m, h)` at sequence `index`."""
     return jax.lax.dynamic_update_slice(cache_kv, new.astype(cache_kv.dtype), (0, index, 0, 0))

@@ -143,15 +143,20 @@ def _attend(q, k, v, ctx):
     cos, sin = ctx["rope"]
     q = L.apply_rope(q, cos, sin)
     k = L.apply_rope(k, cos, sin)
-    cache = ctx["layer_cache"]
-    if cache is not None:
-        k_all = L.update_cache(cache["k"], k, ctx["cache_index"])
-        v_all = L.update_cache(cache["v"], v, ctx["cache_index"])
-        kv = {"k": k_all, "v": v_all}
-        k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-    else:
-        kv = None
-    return L.attention(q, k, v, ctx["mask"], impl=ctx["attn_impl"]), kv
+    lc = ctx["layer_cache"]
+    if lc is None:
+        return L.attention(q, k, v, ctx["mask"], impl=ctx["attn_impl"]), None
+    # With a cache: attend over [cached keys] + [this call's keys] in one softmax, and hand the new K/V
+    # back; the caller writes them into the cache once, after the layer scan (in place, no per-layer copy).
+    # Cache slots about to be overwritten (idx .. idx+T) hold stale values: masked out of the cached part.
+    idx, t, s = ctx["cache_index"], q.shape[1], lc["k"].shape[1]
+    slot = jnp.arange(s)
+    mask = ctx["mask"]
+    mask_old = mask & ~((slot >= idx) & (slot < idx + t))[None, None, None, :]
+    mask_new = jax.lax.dynamic_slice_in_dim(mask, idx, t, axis=3)
+    out = L.attention_with_cache(q, lc["k"].astype(q.dtype), lc["v"].astype(q.dtype), mask_old, k, v, mask_new,
+                                 impl=ctx["attn_impl"])
+    return out, {"k": k, "v": v}
 
 
 _BLOCKS = {"llama": (_llama_block, "model"), "gpt_neox": (_gpt_neox_block, "gpt_neox")}
@@ -210,7 +215,14 @@ def forward(
     if remat:
         step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
     h_in = h
-    h, (new_cache, hs) = jax.lax.scan(step, h, (params[root]["layers"], lora_layers, cache))
+    h, (new_kv, hs) = jax.lax.scan(step, h, (params[root]["layers"], lora_layers, cache))
+    new_cache = None
+    if cache is not None:  # one in-place write of every layer's new K/V: (L, B, T, n_kv, hd) at cache_index
+        new_cache = {
+            name: jax.lax.dynamic_update_slice(cache[name], new_kv[name].astype(cache[name].dtype),
+                                               (0, 0, cache_index, 0, 0))
+            for name in ("k", "v")
+        }
 
     if cfg.arch == "llama":
         final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
