@@ -17,7 +17,7 @@ def config_path(name: str) -> str:
 
 def quiet_logs() -> None:
     """Keep absl INFO (Orbax logs every save at INFO) off the console unless --verbosity was given."""
-    from absl import flags, logging  # noqa: PLC0415
+    from absl import logging  # noqa: PLC0415
 
-    if flags.FLAGS["verbosity"].using_default_value:
+    if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)
