@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
             mem_init="context",  # mean | context
             temp=1.0,  # distillation temperature
             topk=64,  # teacher log-probs kept per position
-            max_response_tokens=64,
+            max_response_tokens=48,
             teacher_temperature=0.8,  # teacher sampling for distill_on_generated_text
             teacher_top_p=0.95,
             samples_per_query=1,
@@ -45,13 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
             eval_queries_file="",  # one query per line; empty = data.eval_source
             query_source="sharegpt",  # sharegpt | self_study
             eval_source="sharegpt",  # sharegpt (held out) | mtbench
-            num_train_queries=32,
+            num_train_queries=24,
             num_eval_queries=8,
         )
     )
     c.eval = ml_collections.ConfigDict(dict(num_samples=3, sample_tokens=48))
     c.workdir = ""
-    c.optim.lr = 1e-3
+    c.optim.lr = 2e-3
     c.optim.schedule = "constant"
     c.optim.warmup_frac = 0.0
     c.optim.clip_norm = 1.0
