@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
-from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache
+from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,14 @@ def _select(logits: Array, key: Array, sampling: Sampling) -> Array:
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> Array:
+    """`(B, V)` fp32 logits of the last position: the model's LM head applied to `final_hidden[:, -1]`."""
+    w = lm_head_weight(params, cfg)
+    dtype = dtype or w.dtype  # as the model: compute dtype, else the params' dtype
+    w = w.astype(dtype)
+    return jnp.einsum("bd,vd->bv", final_hidden[:, -1].astype(dtype), w).astype(jnp.float32)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids", "pad_id", "attn_impl", "compute_dtype"),
@@ -109,9 +117,10 @@ def _generate(
     positions = q + jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     causal = jnp.arange(s)[None, :] <= (q + jnp.arange(p))[:, None]  # (P, S)
     mask = causal[None, None] & key_valid[:, None, None, :]
-    out = run(params, tokens, positions=positions, mask=mask, cache=cache, cache_index=q)
+    # prefill: logits for the last position only (the others are never read: ~1/6 of the prefill FLOPs here)
+    out = run(params, tokens, positions=positions, mask=mask, cache=cache, cache_index=q, return_logits=False)
     key, sub = jax.random.split(key)
-    first = _select(out.logits[:, -1], sub, sampling)
+    first = _select(_last_logits(params, out.final_hidden, cfg, compute_dtype), sub, sampling)
     next_pos = positions[:, -1] + 1
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 

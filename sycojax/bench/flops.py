@@ -1,0 +1,78 @@
+"""Model FLOPs of the benchmark jobs, counted analytically (matmuls only; a multiply-add = 2 FLOPs).
+
+Per token and layer, every linear `W (out, in)` costs `2·in·out`; attention costs `2·2·n_heads·hd`
+per visible key (`QKᵀ` and `PV`); the LM head costs `2·D·V` per token whose logits are computed.
+"Visible keys" follow the causal mask (token `i` of a fresh sequence sees `i + 1` keys), so the
+count is what the job needs, not what a particular implementation happens to compute (a kernel
+that scores masked-out keys does extra work that is not counted). Norms, RoPE, softmax and
+elementwise ops are left out (a few % here).
+
+Training: the backward pass costs 1× the forward for activation gradients plus 1× for weight
+gradients where the base weights train (full fine-tuning); with a frozen base (LoRA, memory
+tokens) only the activation gradients and the adapters' small weight gradients are added.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from sycojax.models import ModelConfig
+from sycojax.models.init import param_shapes
+
+
+def _is_shape(x):
+    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
+def linear_macs_per_token(cfg: ModelConfig) -> int:
+    """Multiply-adds of all transformer-block linears for one token (stacked `(L, out, in)` weights)."""
+    root = "model" if cfg.arch == "llama" else "gpt_neox"
+    layers = param_shapes(cfg)[root]["layers"]
+    paths = jax.tree.flatten_with_path(layers, is_leaf=_is_shape)[0]
+    return int(sum(math.prod(s) for p, s in paths if p[-1].key == "weight" and len(s) == 3))
+
+
+def attention_flops(cfg: ModelConfig, visible_keys: int) -> int:
+    """FLOPs of `QKᵀ` and `PV` for one query token seeing `visible_keys` keys, all layers."""
+    return 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * visible_keys
+
+
+def forward_flops(cfg: ModelConfig, batch: int, seq: int, *, context: int = 0, logits: bool = True) -> float:
+    """A forward over `batch × seq` new tokens after `context` cached ones (causal)."""
+    per_token = 2 * linear_macs_per_token(cfg) + (2 * cfg.hidden_size * cfg.vocab_size if logits else 0)
+    visible = seq * context + seq * (seq + 1) // 2  # Σ_i (context + i + 1)
+    return float(batch * (seq * per_token + attention_flops(cfg, 1) * visible))
+
+
+def generate_flops(cfg: ModelConfig, prompt_lengths, new_tokens: int) -> float:
+    """Prefill each prompt (logits for its last token only) then decode `new_tokens - 1` more tokens.
+
+    The first new token comes from the prefill's last logits; each later step feeds one token.
+    """
+    total = 0.0
+    for p in np.asarray(prompt_lengths).tolist():
+        total += forward_flops(cfg, 1, p, logits=False) + 2 * cfg.hidden_size * cfg.vocab_size
+        for i in range(new_tokens - 1):
+            total += forward_flops(cfg, 1, 1, context=p + i)
+    return total
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq: int, *, base_trains: bool, adapter_params: int = 0) -> float:
+    """One training step: forward + backward (activation grads; weight grads if the base trains).
+
+    `adapter_params`: trainable parameters applied as matmuls per token (LoRA: Σ r·(in+out)), whose
+    forward, activation-gradient and weight-gradient costs are added (`3 · 2 · adapter_params` per token).
+    """
+    fwd = forward_flops(cfg, batch, seq)
+    return (3.0 if base_trains else 2.0) * fwd + 6.0 * adapter_params * batch * seq
+
+
+def lora_io_per_token(cfg: ModelConfig) -> int:
+    """`Σ (in + out)` over every linear of every layer: LoRA rank r adds `r ·` this many MACs per token."""
+    root = "model" if cfg.arch == "llama" else "gpt_neox"
+    layers = param_shapes(cfg)[root]["layers"]
+    paths = jax.tree.flatten_with_path(layers, is_leaf=_is_shape)[0]
+    return int(sum(s[0] * (s[1] + s[2]) for p, s in paths if p[-1].key == "weight" and len(s) == 3))

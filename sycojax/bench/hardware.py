@@ -1,0 +1,86 @@
+"""What this machine can do, measured: fp32 matmul peak (JAX and PyTorch) and peak resident memory.
+
+**Matmul peak.** `jax_matmul_peak()` / `torch_matmul_peak()` time `C = A @ B` for square fp32
+matrices of a few sizes (min over repeats, compiled/warm) and return the best FLOP/s, counting
+`2 n³` per product. A job's `flops_share` is its model FLOP/s divided by this number, so it is a
+share of what a large plain matmul reaches on the same machine in the same run, not of a
+datasheet figure.
+
+**Peak RSS.** Each benchmark job runs in its own fresh process (one framework imported); the
+process reports `peak_rss_mb()` at its end: the kernel's high-water mark of resident memory
+(`VmHWM` from `/proc/self/status`, or `ru_maxrss` where /proc is missing). It covers the whole
+job: imports, model load, compilation and the timed runs.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+from sycojax.bench.timing import time_fn
+
+PEAK_SIZES = (1024, 2048)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (what the thread pools should use)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def jax_matmul_peak(sizes=PEAK_SIZES, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of a jitted `jnp.dot` over square sizes `n`."""
+    import jax
+    import jax.numpy as jnp
+
+    dot = jax.jit(jnp.dot)
+    best = 0.0
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        t = time_fn(lambda: dot(a, b), repeats=repeats, warmup=2)
+        best = max(best, 2 * n**3 / t.min_s)
+    return best
+
+
+def torch_matmul_peak(sizes=PEAK_SIZES, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of `torch.mm` over square sizes `n` (with the current `torch.get_num_threads()`)."""
+    import torch
+
+    best = 0.0
+    with torch.inference_mode():
+        for n in sizes:
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+            t = time_fn(lambda: torch.mm(a, b), repeats=repeats, warmup=2, sync=lambda x: x)
+            best = max(best, 2 * n**3 / t.min_s)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, kB on Linux
+
+
+if __name__ == "__main__":  # python -m sycojax.bench.hardware jax|torch THREADS  -> prints FLOP/s
+    side, threads = sys.argv[1], int(sys.argv[2])
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        print(torch_matmul_peak())
+    elif side == "jax":
+        print(jax_matmul_peak())
+    else:
+        sys.exit(f"unknown side {side!r}: jax or torch")

@@ -1,0 +1,173 @@
+"""The parent side of `launch/bench.py`: prepare shared inputs, run each job's sides in fresh
+processes, measure the matmul peaks, and assemble the rows of the table.
+
+Row fields (also the `--json` output): `name`, `jax_s` / `torch_s` (min seconds of one repetition),
+`jax_median_s` / `torch_median_s`, `ratio = torch_s / jax_s` (> 1: ours is faster),
+`jax_tokens_per_s` / `torch_tokens_per_s`, `flops_share` (our model FLOP/s over the JAX matmul
+peak), `torch_flops_share` (theirs over the PyTorch matmul peak), `peak_rss_mb` / `torch_peak_rss_mb`
+(each side's worker process), `agree` (share of equal check items: argmax tokens, generated tokens;
+for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` / `cpu_ratio` (process CPU
+time, all threads: the figure to trust when other jobs share the cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from sycojax.bench.context import MODEL, Context, Inputs, export_for_torch
+from sycojax.bench.hardware import cpu_count
+from sycojax.bench.jobs import JAX, JOBS, TORCH
+from sycojax.bench.worker import RESULT_MARK
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    jax_s: float | None = None
+    torch_s: float | None = None
+    jax_median_s: float | None = None
+    torch_median_s: float | None = None
+    ratio: float | None = None
+    jax_tokens_per_s: float | None = None
+    torch_tokens_per_s: float | None = None
+    flops_share: float | None = None
+    torch_flops_share: float | None = None
+    peak_rss_mb: float | None = None
+    torch_peak_rss_mb: float | None = None
+    agree: float | None = None
+    jax_cpu_s: float | None = None  # min process CPU seconds of one repetition (all threads)
+    torch_cpu_s: float | None = None
+    cpu_ratio: float | None = None  # torch_cpu_s / jax_cpu_s: less sensitive to other jobs on the machine
+    tokens: int | None = None
+    gflop: float | None = None
+    error: str | None = None
+
+
+def prepare(model: str = MODEL, threads: int | None = None) -> tuple[Context, object]:
+    """Shared inputs + the HF export for the PyTorch side; returns the worker context and the config."""
+    from sycojax.models.loading import load_model
+
+    cfg = load_model(model)[0]
+    return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count()), cfg
+
+
+def run_side(spec_path: str, job: str, side: str, repeats: int, timeout_s: float = 600) -> dict:
+    """One side of one job in a fresh Python process; raises with its stderr tail on failure."""
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sycojax.bench.worker", spec_path, job, side, str(repeats)],
+        capture_output=True, text=True, env=env, timeout=timeout_s,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{job}/{side} worker failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def agreement(a, b, how: str = "agree") -> float | None:
+    """Share of equal items (`agree`), or 1.0 / 0.0 for all-close within rtol 1e-3 (`close`)."""
+    if a is None or b is None:
+        return None
+    if how == "close":
+        return float(len(a) == len(b) and all(abs(x - y) <= 1e-3 * abs(y) + 1e-5 for x, y in zip(a, b)))
+    n = max(len(a), len(b))
+    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
+
+
+def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, float]) -> Row:
+    job = JOBS[name]
+    tokens = job.tokens(inputs)
+    flop = job.flops(cfg, inputs)
+    row = Row(name, tokens=tokens, gflop=flop / 1e9)
+    j, t = res.get(JAX), res.get(TORCH)
+    if j:
+        row.jax_s, row.jax_median_s, row.peak_rss_mb = j["min_s"], j["median_s"], j["peak_rss_mb"]
+        row.jax_tokens_per_s, row.jax_cpu_s = tokens / j["min_s"], j["cpu_min_s"]
+        row.flops_share = flop / j["min_s"] / peaks[JAX]
+    if t:
+        row.torch_s, row.torch_median_s, row.torch_peak_rss_mb = t["min_s"], t["median_s"], t["peak_rss_mb"]
+        row.torch_tokens_per_s, row.torch_cpu_s = tokens / t["min_s"], t["cpu_min_s"]
+        row.torch_flops_share = flop / t["min_s"] / peaks[TORCH]
+    if j and t:
+        row.ratio = t["min_s"] / j["min_s"]
+        row.cpu_ratio = t["cpu_min_s"] / j["cpu_min_s"]
+        row.agree = agreement(j.get("check"), t.get("check"), job.compare)
+    return row
+
+
+def measure_peaks(threads: int) -> dict[str, float]:
+    """fp32 matmul peaks, each in its own process like the jobs (same thread settings)."""
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    out = {}
+    for side in (JAX, TORCH):
+        p = subprocess.run([sys.executable, "-m", "sycojax.bench.hardware", side, str(threads)],
+                           capture_output=True, text=True, env=env, check=True)
+        out[side] = float(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_jobs(names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print) -> dict:
+    """Run everything; returns `{"rows": [Row...], "peaks": ..., "meta": ...}`."""
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        raise ValueError(f"unknown job(s) {unknown}; known: {', '.join(JOBS)}")
+    t0 = time.perf_counter()
+    ctx, cfg = prepare()
+    log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
+    peaks = measure_peaks(ctx.threads)
+    log(f"fp32 matmul peak: JAX {peaks[JAX] / 1e9:.1f} GFLOP/s, PyTorch {peaks[TORCH] / 1e9:.1f} GFLOP/s "
+        f"({ctx.threads} threads)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "spec.json")
+        with open(spec, "w") as f:
+            f.write(ctx.to_json())
+        for name in names:
+            res, err = {}, None
+            for side in sides:
+                ts = time.perf_counter()
+                try:
+                    res[side] = run_side(spec, name, side, repeats)
+                except Exception as e:  # one failing side must not lose the other rows
+                    err = f"{side}: {e}"
+                    log(f"  {name}/{side} FAILED: {e}")
+                    continue
+                r = res[side]
+                log(f"  {name}/{side}: min {r['min_s']:.3f}s median {r['median_s']:.3f}s cpu {r['cpu_min_s']:.3f}s "
+                    f"(first call {r['first_s']:.1f}s, setup {r['setup_s']:.1f}s, worker {time.perf_counter() - ts:.0f}s)")
+            row = make_row(name, cfg, ctx.inputs, res, peaks)
+            row.error = err
+            rows.append(row)
+    meta = dict(model=ctx.model, threads=ctx.threads, repeats=repeats, total_s=time.perf_counter() - t0,
+                jax_peak_gflops=peaks[JAX] / 1e9, torch_peak_gflops=peaks[TORCH] / 1e9)
+    return dict(rows=rows, peaks=peaks, meta=meta)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    head = ("job", "jax min/med s", "torch min/med s", "ratio", "cpu ratio", "jax tok/s", "torch tok/s",
+            "jax %peak", "torch %peak", "jax RSS MB", "torch RSS MB", "agree")
+    lines = [head]
+    for r in rows:
+        lines.append((
+            r.name, f"{f(r.jax_s, '.3f')}/{f(r.jax_median_s, '.3f')}", f"{f(r.torch_s, '.3f')}/{f(r.torch_median_s, '.3f')}",
+            f(r.ratio, ".2f") + ("x" if r.ratio else ""), f(r.cpu_ratio, ".2f") + ("x" if r.cpu_ratio else ""),
+            f(r.jax_tokens_per_s, ".0f"), f(r.torch_tokens_per_s, ".0f"),
+            f(r.flops_share and 100 * r.flops_share, ".0f"), f(r.torch_flops_share and 100 * r.torch_flops_share, ".0f"),
+            f(r.peak_rss_mb, ".0f"), f(r.torch_peak_rss_mb, ".0f"), f(r.agree, ".3f"),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)

@@ -1,0 +1,64 @@
+"""Run one side of one job in this (fresh) process and print its measurements as one JSON line.
+
+    python -m sycojax.bench.worker SPEC.json JOB SIDE REPEATS
+
+SPEC.json holds a serialized `Context`. The last stdout line is `RESULT <json>` with the timings,
+the check value and this process's peak RSS (see `hardware.peak_rss_mb`). PyTorch gets
+`torch.set_num_threads(ctx.threads)` (all cores); XLA's CPU client uses all cores by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+RESULT_MARK = "RESULT "
+
+
+def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
+    from sycojax.bench.context import Context
+    from sycojax.bench.hardware import peak_rss_mb
+    from sycojax.bench.jobs import JAX, JOBS, TORCH
+    from sycojax.bench.timing import time_fn
+
+    with open(spec_path) as f:
+        ctx = Context.from_json(f.read())
+    threads = None
+    if side == TORCH:
+        import torch
+
+        torch.set_num_threads(ctx.threads)
+        threads = torch.get_num_threads()
+    elif side == JAX:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
+        raise ValueError(f"unknown side {side!r}")
+    t0 = time.perf_counter()
+    work = JOBS[job_name].build(side, ctx)
+    setup_s = time.perf_counter() - t0
+    last = []
+
+    def once():
+        last[:] = [work.run()]
+        return last[0]
+
+    timing = time_fn(once, repeats=repeats, warmup=work.warmup)
+    return dict(
+        job=job_name, side=side, times_s=list(timing.times_s), min_s=timing.min_s, median_s=timing.median_s,
+        cpu_times_s=list(timing.cpu_times_s), cpu_min_s=timing.cpu_min_s,
+        first_s=timing.first_s, setup_s=setup_s, peak_rss_mb=peak_rss_mb(), threads=threads,
+        check=work.check(last[0]),
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 5:
+        sys.exit("usage: python -m sycojax.bench.worker SPEC.json JOB SIDE REPEATS")
+    out = run(argv[1], argv[2], argv[3], int(argv[4]))
+    sys.stdout.write(RESULT_MARK + json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

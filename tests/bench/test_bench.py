@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sycojax.bench import flops
+from sycojax.bench.hardware import jax_matmul_peak, peak_rss_mb
+from sycojax.bench.jobs import JOBS, job
+from sycojax.bench.runner import Row, agreement, format_table
+from sycojax.bench.timing import time_fn
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_time_fn_excludes_warmup_and_reports_min_median():
+    calls = []
+    t = time_fn(lambda: calls.append(1), repeats=4, warmup=2, sync=lambda x: x)
+    assert len(calls) == 6 and len(t.times_s) == 4
+    assert t.min_s <= t.median_s
+    with pytest.raises(ValueError, match="repeats"):
+        time_fn(lambda: None, repeats=0)
+
+
+def test_forward_flops_formula(tiny_llama):
+    cfg, _ = tiny_llama
+    d, f, hq, hkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_layer = d * hq + 2 * d * hkv + hq * d + 3 * d * f
+    assert flops.linear_macs_per_token(cfg) == cfg.num_layers * per_layer
+    b, t = 2, 5
+    visible = t * (t + 1) // 2  # causal
+    expect = b * (t * (2 * cfg.num_layers * per_layer + 2 * d * cfg.vocab_size)
+                  + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * visible)
+    assert flops.forward_flops(cfg, b, t) == expect
+
+
+def test_generate_flops_equals_one_causal_pass(tiny_llama):
+    """Prefill p tokens + (n-1) cached steps = one causal pass over p+n-1 tokens, with n logits rows."""
+    cfg, _ = tiny_llama
+    p, n = 7, 5
+    one_pass = flops.forward_flops(cfg, 1, p + n - 1, logits=False) + n * 2 * cfg.hidden_size * cfg.vocab_size
+    assert flops.generate_flops(cfg, [p], n) == pytest.approx(one_pass)
+    assert flops.generate_flops(cfg, [p, p], n) == pytest.approx(2 * one_pass)
+
+
+def test_train_flops(tiny_llama):
+    cfg, _ = tiny_llama
+    fwd = flops.forward_flops(cfg, 2, 8)
+    assert flops.train_flops(cfg, 2, 8, base_trains=True) == 3 * fwd
+    io = flops.lora_io_per_token(cfg)
+    d, f, hq, hkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    assert io == cfg.num_layers * ((hq + d) + 2 * (hkv + d) + (d + hq) + 2 * (f + d) + (d + f))
+    assert flops.train_flops(cfg, 2, 8, base_trains=False, adapter_params=8 * io) == 2 * fwd + 6 * 8 * io * 16
+
+
+def test_registry_has_the_issue_rows_and_refuses_duplicates():
+    for name in ("forward", "generate_b1", "generate_b8", "lora_step", "memory_step", "full_step"):
+        assert name in JOBS and JOBS[name].doc
+    with pytest.raises(ValueError, match="registered twice"):
+        job("forward", tokens=lambda i: 0, flops=lambda c, i: 0)(lambda side, ctx: None)
+
+
+def test_agreement_and_table():
+    assert agreement([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert agreement(None, [1]) is None
+    assert agreement([1.0], [1.0005], "close") == 1.0
+    assert agreement([1.0], [1.1], "close") == 0.0
+    table = format_table([Row("forward", jax_s=1.0, torch_s=2.0, ratio=2.0, agree=1.0), Row("generate_b1")])
+    lines = table.splitlines()
+    assert len(lines) == 4 and "2.00x" in lines[2] and lines[3].count("-") >= 10
+
+
+def test_matmul_peak_and_rss_are_measured():
+    assert jax_matmul_peak(sizes=(128,), repeats=2) > 1e8  # > 0.1 GFLOP/s on anything
+    assert 10 < peak_rss_mb() < 1e6
+
+
+@pytest.mark.slow
+def test_bench_forward_jax_side_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch/bench.py"), "--jobs=forward", "--sides=jax", "--repeats=1", f"--json={out}"],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    (row,) = rows
+    assert row["name"] == "forward" and row["jax_s"] > 0 and row["torch_s"] is None
+    assert 0 < row["flops_share"] < 2 and row["peak_rss_mb"] > 100 and row["jax_tokens_per_s"] > 0
+    assert "| forward" in proc.stdout
