@@ -1,0 +1,63 @@
+"""The consolidation benchmark (launch/consolidate_bench.py): contexts × {lora, memory, full} on SmolLM2.
+
+    python launch/consolidate_bench.py                       # everything, writes results/consolidate_bench.json
+    python launch/consolidate_bench.py --contexts=pirate,facts --methods=lora --steps=24
+    python launch/consolidate_bench.py --quick               # smoke test: tiny settings, outputs under /tmp
+
+Every method uses the same settings for every context (recorded in the JSON). Fields:
+
+bench.contexts / bench.methods: "all" or comma lists (names in `sycojax.methods.sycomode_bench`).
+bench.num_train_queries × bench.samples_per_query = training replies per context (teacher sampled at
+bench.teacher_temperature / teacher_top_p); bench.num_eval_queries held-out queries (teacher greedy).
+bench.max_response_tokens: length of every reply (teacher, student, baseline). bench.topk: teacher
+log-probs kept per training position; bench.temperature: distillation temperature.
+bench.gen_batch: rows per generation call (one compiled program per context); bench.target_batch:
+rows per teacher-target forward. bench.compile_cache: persistent XLA cache ("" = off).
+methods.<m>.lr / steps (+ sizes): the per-method hyper-parameters; the loop's batch size is train.batch_size.
+"""
+
+import ml_collections
+
+from sycojax.train.config import default_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default_config()
+    c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct"))
+    c.bench = ml_collections.ConfigDict(
+        dict(
+            contexts="all",
+            methods="lora,memory,full",
+            num_train_queries=12,
+            samples_per_query=2,
+            num_eval_queries=8,
+            max_response_tokens=48,
+            teacher_temperature=0.8,
+            teacher_top_p=0.95,
+            temperature=1.0,
+            topk=64,
+            gen_batch=32,
+            target_batch=8,
+            num_samples=2,  # side-by-side samples kept per (context, method) in the JSON
+            scratch_dir="",  # where each run's temporary workdir goes ("" = the system temp dir)
+            compile_cache="checkpoints/cache/xla",
+        )
+    )
+    c.methods = ml_collections.ConfigDict(
+        dict(
+            lora=dict(lr=2e-3, steps=16, lora_rank=8, lora_alpha=16.0, lora_targets="all"),
+            memory=dict(lr=3e-2, steps=16, num_mem_tokens=16, mem_init="context"),
+            full=dict(lr=3e-5, steps=16),
+        )
+    )
+    c.optim.schedule = "constant"
+    c.optim.warmup_frac = 0.0
+    c.optim.clip_norm = 1.0
+    c.train.batch_size = 4
+    c.train.eval_every = 4
+    c.train.log_every = 4
+    c.ckpt.every = 0  # only the final step; the run's workdir is deleted after the metrics are taken
+    c.ckpt.keep = 1
+    c.logging.tensorboard = False
+    c.logging.progress_bar = False
+    return c

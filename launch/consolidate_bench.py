@@ -1,0 +1,69 @@
+"""Consolidation benchmark: ≥ 8 kinds of context × {lora, memory, full} on SmolLM2, teacher once per context.
+
+    python launch/consolidate_bench.py                        # the README table, plot and JSON
+    python launch/consolidate_bench.py --contexts=pirate,french --methods=lora,memory --steps=24
+    python launch/consolidate_bench.py --quick                # smoke test (tiny settings, outputs in /tmp)
+    python launch/consolidate_bench.py --config.methods.memory.lr=5e-2 --config.bench.num_train_queries=16
+
+Prints one line per (context, method) as it goes, then the table and the per-method summary; writes
+the JSON (after every context, so a partial run keeps what it measured) and the KL-vs-step plot.
+What each number means: `sycojax/methods/sycomode_bench.py`.
+"""
+
+import json
+import os
+
+import _common  # noqa: F401  (sys.path, offline HF)
+from absl import app, flags
+from ml_collections import config_flags
+
+from sycojax.methods import sycomode_bench as sb
+from sycojax.methods.sycomode import ConsolidationError
+from sycojax.train.config import parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("consolidate_bench.py"), "config file")
+F = flags.FLAGS
+flags.DEFINE_string("contexts", None, "comma list of contexts (default: all; --quick: pirate,facts)")
+flags.DEFINE_string("methods", None, "comma list among lora,memory,full (default: all three)")
+flags.DEFINE_integer("steps", None, "optimizer steps for every method (default: each method's config)")
+flags.DEFINE_bool("quick", False, "tiny settings: a smoke test of the pipeline, not a measurement")
+flags.DEFINE_string("json", None, "JSON output (default results/consolidate_bench.json; --quick: /tmp/...)")
+flags.DEFINE_string("plot", None, "KL-vs-step PNG (default results/consolidate_bench_kl.png; --quick: /tmp/...)")
+
+
+def main(argv):
+    del argv
+    c = _CONFIG.value
+    if F.quick:
+        sb.apply_quick(c, contexts_given=F.contexts is not None)
+    if F.contexts is not None:
+        c.bench.contexts = F.contexts
+    if F.methods is not None:
+        c.bench.methods = F.methods
+    if F.steps is not None:
+        sb.apply_steps(c, F.steps)
+    out_dir = "/tmp" if F.quick else os.path.join(_common.ROOT, "results")
+    json_path = F.json or os.path.join(out_dir, "consolidate_bench" + ("_quick" if F.quick else "") + ".json")
+    plot_path = F.plot or os.path.join(out_dir, "consolidate_bench" + ("_quick" if F.quick else "") + "_kl.png")
+    sb.enable_compile_cache(os.path.join(_common.ROOT, c.bench.compile_cache) if c.bench.compile_cache else "")
+
+    def save(result):
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        sb.plot_kl(result, plot_path)
+
+    try:
+        result = sb.run_bench(c, on_context=save)
+    except ConsolidationError as e:
+        raise SystemExit(f"error: {e}") from None
+    print()
+    print(sb.format_table(result))
+    print()
+    print(f"total {result['wall_s']:.0f}s")
+    print(f"json: {json_path}")
+    print(f"plot: {plot_path}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
