@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import CharChatTokenizer  # tests/conftest.py
+from support.chat_tokenizer import CharChatTokenizer
 
 from sycojax.adapters import LoraConfig
 from sycojax.data import IGNORE_INDEX, EmptyDatasetError, PromptTooLongError

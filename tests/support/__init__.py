@@ -1,0 +1,1 @@
+"""Test helpers importable as `support.*` (tests/ is on sys.path via conftest)."""
