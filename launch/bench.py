@@ -7,7 +7,9 @@
 Each side of each job runs in a fresh process (its own peak RSS; PyTorch with
 `torch.set_num_threads(<cores>)`, XLA on all cores). Times are min / median over `--repeats` runs
 after warm-up (compilation excluded). `ratio = torch_s / jax_s`; `%peak` = model FLOP/s over the
-fp32 matmul peak measured at the start of the run (JAX's for ours, PyTorch's for theirs).
+fp32 matmul peak measured at the start of the run (JAX's for ours, PyTorch's for theirs);
+`%peak cpu` and `cpu ratio` use process CPU time instead of wall time: on a machine whose cores
+other jobs share, those are the figures to compare (wall time then measures the contention).
 Jobs and columns: `sycojax/bench/jobs.py`, `sycojax/bench/runner.py`.
 """
 
@@ -23,15 +25,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from sycojax.bench import runner  # noqa: E402
-from sycojax.bench.jobs import JOBS, SIDES  # noqa: E402
+from sycojax.bench import runner
+from sycojax.bench.jobs import JOBS, SIDES
 
 _JOBS = flags.DEFINE_list("jobs", list(JOBS), f"jobs to run, in order; known: {', '.join(JOBS)}")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per side (after warm-up); min and median are reported")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per side (after warm-up); min and median are reported")
 _JSON = flags.DEFINE_string("json", None, "write the rows (and run metadata) to this JSON file")
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "which implementations to run (jax, torch)")
+_TIMEOUT = flags.DEFINE_integer("timeout", 1800, "seconds before one side of one job is abandoned (its row shows the error)")
 
 
 def main(argv: list[str]) -> None:
@@ -43,18 +46,20 @@ def main(argv: list[str]) -> None:
     if bad:
         raise app.UsageError(f"unknown side(s) {bad}; choose from {', '.join(SIDES)}")
     try:
-        out = runner.run_jobs(_JOBS.value, _REPEATS.value, _SIDES.value, log=lambda s: print(s, flush=True))
+        out = runner.run_jobs(_JOBS.value, _REPEATS.value, _SIDES.value, log=lambda s: print(s, flush=True),
+                             timeout_s=_TIMEOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     print()
     print(runner.format_table(out["rows"]))
     m = out["meta"]
-    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s, PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s; "
+    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s ({m['jax_peak_gflop_per_cpu_s']:.1f} per CPU-s), "
+          f"PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s ({m['torch_peak_gflop_per_cpu_s']:.1f} per CPU-s); "
           f"{m['threads']} threads; {m['repeats']} repeats; total {m['total_s']:.0f}s")
     if _JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
         with open(_JSON.value, "w") as f:
-            json.dump(dict(meta=m, rows=[dataclasses.asdict(r) for r in out["rows"]]), f, indent=2)
+            json.dump({"meta": m, "rows": [dataclasses.asdict(r) for r in out["rows"]]}, f, indent=2)
         print(f"wrote {_JSON.value}")
     if any(r.error for r in out["rows"]):
         sys.exit(1)

@@ -32,7 +32,7 @@ class Inputs:
     vocab_size: int
 
     @classmethod
-    def build(cls, model: str = MODEL, batch: int = 4, seq: int = 256) -> "Inputs":
+    def build(cls, model: str = MODEL, batch: int = 4, seq: int = 256) -> Inputs:
         from sycojax.data.mtbench import load_mtbench_questions
         from sycojax.models.tokenizer import chat_ids, load_tokenizer
 
@@ -59,7 +59,7 @@ class Context:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, s: str) -> "Context":
+    def from_json(cls, s: str) -> Context:
         d = json.loads(s)
         return cls(d["model"], d["hf_dir"], Inputs(**d["inputs"]), d["threads"])
 

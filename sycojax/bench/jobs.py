@@ -17,7 +17,8 @@ function, so a PyTorch worker never imports JAX and vice versa.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sycojax.bench.context import Context, Inputs
 
@@ -181,7 +182,6 @@ def _memory_rows(rows: list[list[int]], vocab: int) -> list[list[int]]:
 def _jax_train_workload(ctx: Context, kind: str) -> Workload:
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
     from sycojax.adapters import LoraConfig, init_lora
@@ -202,8 +202,10 @@ def _jax_train_workload(ctx: Context, kind: str) -> Workload:
         trainable, frozen = init_lora(params, cfg, lcfg, jax.random.key(0)), params
     elif kind == "memory":
         trainable, frozen = init_memory(params, cfg, N_MEMORY), params
-    else:
-        trainable, frozen = jax.tree.map(jnp.copy, params), None  # copied: the step donates it
+    else:  # the step donates the trainable tree: hand it the loaded params, keep no other reference
+        trainable, frozen = params, None
+        del ctx.jax_model
+        params = None
 
     def loss_fn(trainable, frozen, batch, rng):
         if kind == "lora":

@@ -5,7 +5,8 @@ Row fields (also the `--json` output): `name`, `jax_s` / `torch_s` (min seconds 
 `jax_median_s` / `torch_median_s`, `ratio = torch_s / jax_s` (> 1: ours is faster),
 `jax_tokens_per_s` / `torch_tokens_per_s`, `flops_share` (our model FLOP/s over the JAX matmul
 peak), `torch_flops_share` (theirs over the PyTorch matmul peak), `peak_rss_mb` / `torch_peak_rss_mb`
-(each side's worker process), `agree` (share of equal check items: argmax tokens, generated tokens;
+(each side's worker process), `flops_share_cpu` / `torch_flops_share_cpu` (the same per CPU-second,
+see `hardware`), `agree` (share of equal check items: argmax tokens, generated tokens;
 for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` / `cpu_ratio` (process CPU
 time, all threads: the figure to trust when other jobs share the cores).
 """
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from sycojax.bench.context import MODEL, Context, Inputs, export_for_torch
 from sycojax.bench.hardware import cpu_count
@@ -45,6 +46,8 @@ class Row:
     jax_cpu_s: float | None = None  # min process CPU seconds of one repetition (all threads)
     torch_cpu_s: float | None = None
     cpu_ratio: float | None = None  # torch_cpu_s / jax_cpu_s: less sensitive to other jobs on the machine
+    flops_share_cpu: float | None = None  # FLOP per CPU-second over the matmul's FLOP per CPU-second
+    torch_flops_share_cpu: float | None = None
     tokens: int | None = None
     gflop: float | None = None
     error: str | None = None
@@ -64,7 +67,7 @@ def run_side(spec_path: str, job: str, side: str, repeats: int, timeout_s: float
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "sycojax.bench.worker", spec_path, job, side, str(repeats)],
-        capture_output=True, text=True, env=env, timeout=timeout_s,
+        capture_output=True, text=True, env=env, timeout=timeout_s, check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
@@ -83,7 +86,8 @@ def agreement(a, b, how: str = "agree") -> float | None:
     return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
 
 
-def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, float]) -> Row:
+def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, float]]) -> Row:
+    """`peaks[side] = (FLOP/s, FLOP per CPU-second)` of that side's matmul."""
     job = JOBS[name]
     tokens = job.tokens(inputs)
     flop = job.flops(cfg, inputs)
@@ -92,11 +96,13 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
     if j:
         row.jax_s, row.jax_median_s, row.peak_rss_mb = j["min_s"], j["median_s"], j["peak_rss_mb"]
         row.jax_tokens_per_s, row.jax_cpu_s = tokens / j["min_s"], j["cpu_min_s"]
-        row.flops_share = flop / j["min_s"] / peaks[JAX]
+        row.flops_share = flop / j["min_s"] / peaks[JAX][0]
+        row.flops_share_cpu = flop / j["cpu_min_s"] / peaks[JAX][1]
     if t:
         row.torch_s, row.torch_median_s, row.torch_peak_rss_mb = t["min_s"], t["median_s"], t["peak_rss_mb"]
         row.torch_tokens_per_s, row.torch_cpu_s = tokens / t["min_s"], t["cpu_min_s"]
-        row.torch_flops_share = flop / t["min_s"] / peaks[TORCH]
+        row.torch_flops_share = flop / t["min_s"] / peaks[TORCH][0]
+        row.torch_flops_share_cpu = flop / t["cpu_min_s"] / peaks[TORCH][1]
     if j and t:
         row.ratio = t["min_s"] / j["min_s"]
         row.cpu_ratio = t["cpu_min_s"] / j["cpu_min_s"]
@@ -104,18 +110,21 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
     return row
 
 
-def measure_peaks(threads: int) -> dict[str, float]:
-    """fp32 matmul peaks, each in its own process like the jobs (same thread settings)."""
+def measure_peaks(threads: int) -> dict[str, tuple[float, float]]:
+    """fp32 matmul `(FLOP/s, FLOP per CPU-second)`, each side in its own process like the jobs."""
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     out = {}
     for side in (JAX, TORCH):
         p = subprocess.run([sys.executable, "-m", "sycojax.bench.hardware", side, str(threads)],
                            capture_output=True, text=True, env=env, check=True)
-        out[side] = float(p.stdout.strip().splitlines()[-1])
+        wall, cpu = p.stdout.strip().splitlines()[-1].split()
+        out[side] = (float(wall), float(cpu))
     return out
 
 
-def run_jobs(names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print) -> dict:
+def run_jobs(
+    names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print, timeout_s: float = 1800
+) -> dict:
     """Run everything; returns `{"rows": [Row...], "peaks": ..., "meta": ...}`."""
     unknown = [n for n in names if n not in JOBS]
     if unknown:
@@ -124,8 +133,8 @@ def run_jobs(names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TO
     ctx, cfg = prepare()
     log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
     peaks = measure_peaks(ctx.threads)
-    log(f"fp32 matmul peak: JAX {peaks[JAX] / 1e9:.1f} GFLOP/s, PyTorch {peaks[TORCH] / 1e9:.1f} GFLOP/s "
-        f"({ctx.threads} threads)")
+    log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
+        f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "spec.json")
@@ -136,8 +145,8 @@ def run_jobs(names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TO
             for side in sides:
                 ts = time.perf_counter()
                 try:
-                    res[side] = run_side(spec, name, side, repeats)
-                except Exception as e:  # one failing side must not lose the other rows
+                    res[side] = run_side(spec, name, side, repeats, timeout_s)
+                except Exception as e:  # noqa: BLE001 -- one failing side must not lose the other rows
                     err = f"{side}: {e}"
                     log(f"  {name}/{side} FAILED: {e}")
                     continue
@@ -147,9 +156,12 @@ def run_jobs(names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TO
             row = make_row(name, cfg, ctx.inputs, res, peaks)
             row.error = err
             rows.append(row)
-    meta = dict(model=ctx.model, threads=ctx.threads, repeats=repeats, total_s=time.perf_counter() - t0,
-                jax_peak_gflops=peaks[JAX] / 1e9, torch_peak_gflops=peaks[TORCH] / 1e9)
-    return dict(rows=rows, peaks=peaks, meta=meta)
+    meta = {
+        "model": ctx.model, "threads": ctx.threads, "repeats": repeats, "total_s": time.perf_counter() - t0,
+        "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
+        "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,
+    }
+    return {"rows": rows, "peaks": peaks, "meta": meta}
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -157,7 +169,7 @@ def format_table(rows: Sequence[Row]) -> str:
         return "-" if x is None else format(x, fmt)
 
     head = ("job", "jax min/med s", "torch min/med s", "ratio", "cpu ratio", "jax tok/s", "torch tok/s",
-            "jax %peak", "torch %peak", "jax RSS MB", "torch RSS MB", "agree")
+            "jax %peak", "torch %peak", "jax %peak cpu", "torch %peak cpu", "jax RSS MB", "torch RSS MB", "agree")
     lines = [head]
     for r in rows:
         lines.append((
@@ -165,6 +177,8 @@ def format_table(rows: Sequence[Row]) -> str:
             f(r.ratio, ".2f") + ("x" if r.ratio else ""), f(r.cpu_ratio, ".2f") + ("x" if r.cpu_ratio else ""),
             f(r.jax_tokens_per_s, ".0f"), f(r.torch_tokens_per_s, ".0f"),
             f(r.flops_share and 100 * r.flops_share, ".0f"), f(r.torch_flops_share and 100 * r.torch_flops_share, ".0f"),
+            f(r.flops_share_cpu and 100 * r.flops_share_cpu, ".0f"),
+            f(r.torch_flops_share_cpu and 100 * r.torch_flops_share_cpu, ".0f"),
             f(r.peak_rss_mb, ".0f"), f(r.torch_peak_rss_mb, ".0f"), f(r.agree, ".3f"),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

@@ -45,12 +45,12 @@ def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
         return last[0]
 
     timing = time_fn(once, repeats=repeats, warmup=work.warmup)
-    return dict(
-        job=job_name, side=side, times_s=list(timing.times_s), min_s=timing.min_s, median_s=timing.median_s,
-        cpu_times_s=list(timing.cpu_times_s), cpu_min_s=timing.cpu_min_s,
-        first_s=timing.first_s, setup_s=setup_s, peak_rss_mb=peak_rss_mb(), threads=threads,
-        check=work.check(last[0]),
-    )
+    return {
+        "job": job_name, "side": side, "times_s": list(timing.times_s), "min_s": timing.min_s,
+        "median_s": timing.median_s, "cpu_times_s": list(timing.cpu_times_s), "cpu_min_s": timing.cpu_min_s,
+        "first_s": timing.first_s, "setup_s": setup_s, "peak_rss_mb": peak_rss_mb(), "threads": threads,
+        "check": work.check(last[0]),
+    }
 
 
 def main(argv: list[str]) -> None:

@@ -72,7 +72,8 @@ def test_agreement_and_table():
 
 
 def test_matmul_peak_and_rss_are_measured():
-    assert jax_matmul_peak(sizes=(128,), repeats=2) > 1e8  # > 0.1 GFLOP/s on anything
+    wall, per_cpu_s = jax_matmul_peak(sizes=(128,), repeats=2)
+    assert wall > 1e8 and per_cpu_s > 1e8  # > 0.1 GFLOP/s on anything
     assert 10 < peak_rss_mb() < 1e6
 
 
@@ -81,7 +82,7 @@ def test_bench_forward_jax_side_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "launch/bench.py"), "--jobs=forward", "--sides=jax", "--repeats=1", f"--json={out}"],
-        capture_output=True, text=True, cwd=REPO, timeout=900,
+        capture_output=True, text=True, cwd=REPO, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
