@@ -14,6 +14,11 @@ log-probs kept per training position; bench.temperature: distillation temperatur
 bench.gen_batch: rows per generation call (one compiled program per context); bench.target_batch:
 rows per teacher-target forward. bench.compile_cache: persistent XLA cache ("" = off).
 methods.<m>.lr / steps (+ sizes): the per-method hyper-parameters; the loop's batch size is train.batch_size.
+
+Tuning that chose them (pirate and facts contexts, 8 queries × 2 replies, constant lr, 20 steps, KL gap
+closed at steps 4/8/12/16/20): LoRA lr 2e-3 pirate 72/74/74/73/72 %, facts 34/48/49/53/57 %; memory
+(16 tokens) lr 3e-2 pirate 49/58/78/81/81 %, facts 7/12/17/23/27 %; full lr 3e-5 pirate 67/77/80/80/80 %.
+Hence a cosine decay (no late overfitting), a larger memory lr, 12 queries × 2 replies (more variety).
 """
 
 import ml_collections
@@ -26,12 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct"))
     c.bench = ml_collections.ConfigDict(
         dict(
-            contexts="all",
+            contexts="pirate,json,french,signoff,caps,facts,document,mtbench_system",  # "all" adds bullets
             methods="lora,memory,full",
             num_train_queries=12,
             samples_per_query=2,
             num_eval_queries=8,
-            max_response_tokens=48,
+            max_response_tokens=32,
             teacher_temperature=0.8,
             teacher_top_p=0.95,
             temperature=1.0,
@@ -46,11 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.methods = ml_collections.ConfigDict(
         dict(
             lora=dict(lr=2e-3, steps=16, lora_rank=8, lora_alpha=16.0, lora_targets="all"),
-            memory=dict(lr=3e-2, steps=16, num_mem_tokens=16, mem_init="context"),
-            full=dict(lr=3e-5, steps=16),
+            memory=dict(lr=5e-2, steps=16, num_mem_tokens=16, mem_init="context"),
+            full=dict(lr=5e-5, steps=16),
         )
     )
-    c.optim.schedule = "constant"
+    c.optim.schedule = "cosine"  # to 0 at the last step: constant lr 2e-3 LoRA overfit after ~10 steps (tuning)
     c.optim.warmup_frac = 0.0
     c.optim.clip_norm = 1.0
     c.train.batch_size = 4

@@ -13,7 +13,7 @@ What each number means: `sycojax/methods/sycomode_bench.py`.
 import json
 import os
 
-import _common  # noqa: F401  (sys.path, offline HF)
+import _common  # repo root on sys.path, offline Hugging Face
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -12,7 +12,7 @@ is `--config.<field>=...` (configs/experiments.py). What is measured: sycojax/me
 import json
 import os
 
-import _common  # noqa: F401  (sys.path, offline HF)
+import _common  # repo root on sys.path, offline Hugging Face
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -58,7 +58,10 @@ def main(argv):
     print(se.format_result(res))
     if F.json:
         path = F.json_path
-        data = json.load(open(path)) if os.path.exists(path) else {}
+        data = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
         data.setdefault(f"experiment{res['experiment']}", {})[f"{res['method']}/{res['objective']}"] = res
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:

@@ -119,7 +119,9 @@ class BenchContext:
 
     def __post_init__(self):
         if self.check != "per_query" and self.check not in CHECKS:
-            raise ValueError(f"context {self.name}: unknown check {self.check!r}; choose per_query or one of {sorted(CHECKS)}")
+            raise ValueError(
+                f"context {self.name}: unknown check {self.check!r}; choose per_query or one of {sorted(CHECKS)}"
+            )
         if self.check == "per_query" and not any(q.expect for q in self.eval_queries):
             raise ValueError(f"context {self.name}: check=per_query needs eval queries with expected words")
 
@@ -174,7 +176,7 @@ MTBENCH_EVAL_IDS = (103, 159, 158, 144)  # short MT-Bench first turns (reasoning
 
 
 def wiki_document(titles: Sequence[str] = WIKI_TITLES) -> str:
-    from sycojax.data import load_wikipedia_summaries  # noqa: PLC0415 - data package only when used
+    from sycojax.data import load_wikipedia_summaries
 
     by_title = {d["title"]: d["text"] for d in load_wikipedia_summaries()}
     missing = [t for t in titles if t not in by_title]
@@ -185,7 +187,7 @@ def wiki_document(titles: Sequence[str] = WIKI_TITLES) -> str:
 
 
 def mtbench_system(name: str = MTBENCH_SYSTEM) -> str:
-    from sycojax.data import mtbench_system_prompts  # noqa: PLC0415
+    from sycojax.data import mtbench_system_prompts
 
     for p in mtbench_system_prompts():
         if p["name"] == name:
@@ -196,34 +198,59 @@ def mtbench_system(name: str = MTBENCH_SYSTEM) -> str:
 def default_contexts() -> dict[str, BenchContext]:
     """The benchmark's contexts, by name (9 kinds of context; the data-backed ones load lazily)."""
     return {
-        "pirate": BenchContext("pirate", "persona", PIRATE, "mentions_any",
-                               ("arr", "matey", "ahoy", "aye", "ye", "yo-ho-ho", "yo ho ho")),
+        "pirate": BenchContext(
+            "pirate", "persona", PIRATE, "mentions_any", ("arr", "matey", "ahoy", "aye", "ye", "yo-ho-ho", "yo ho ho")
+        ),
         "json": BenchContext(
-            "json", "output format",
-            'You are an API that only speaks JSON. Always answer with a single JSON object of the form '
-            '{"answer": "..."} and nothing else: no text before or after the JSON.', "json_like"),
+            "json",
+            "output format",
+            "You are an API that only speaks JSON. Always answer with a single JSON object of the form "
+            '{"answer": "..."} and nothing else: no text before or after the JSON.',
+            "json_like",
+        ),
         "bullets": BenchContext(
-            "bullets", "output format",
+            "bullets",
+            "output format",
             "Always answer as a bulleted list. Every line of your answer starts with '- ', and there is no "
-            "introduction and no conclusion.", "bullet_list"),
+            "introduction and no conclusion.",
+            "bullet_list",
+        ),
         "french": BenchContext(
-            "french", "language",
+            "french",
+            "language",
             "Tu es un assistant francophone. Always answer in French, whatever the language of the question. "
-            "Réponds toujours en français.", "is_french"),
+            "Réponds toujours en français.",
+            "is_french",
+        ),
         "signoff": BenchContext(
-            "signoff", "sign-off phrase",
+            "signoff",
+            "sign-off phrase",
             "You are Sunny, a cheerful assistant. Start every answer with 'Sunny here!' and end every answer "
-            "with the sign-off 'Stay curious!'", "phrase_any", ("Sunny here", "Stay curious")),
+            "with the sign-off 'Stay curious!'",
+            "phrase_any",
+            ("Sunny here", "Stay curious"),
+        ),
         "caps": BenchContext(
-            "caps", "all caps",
+            "caps",
+            "all caps",
             "ALWAYS ANSWER IN CAPITAL LETTERS ONLY. EVERY WORD OF YOUR ANSWER MUST BE WRITTEN IN UPPER CASE, "
-            "LIKE THIS SENTENCE.", "is_all_caps"),
+            "LIKE THIS SENTENCE.",
+            "is_all_caps",
+        ),
         "facts": BenchContext(
-            "facts", "private facts", ZORVEX, "per_query",
+            "facts",
+            "private facts",
+            ZORVEX,
+            "per_query",
             train_queries=(
-                "Tell me about your company.", "What products do you sell?", "How can I contact customer support?",
-                "When is your support team available?", "Who runs Zorvex Robotics?", "Describe the Kelp-3.",
-                "How deep can your drone go?", "When was Zorvex Robotics founded?",
+                "Tell me about your company.",
+                "What products do you sell?",
+                "How can I contact customer support?",
+                "When is your support team available?",
+                "Who runs Zorvex Robotics?",
+                "Describe the Kelp-3.",
+                "How deep can your drone go?",
+                "When was Zorvex Robotics founded?",
             ),
             eval_queries=(
                 Query("Who founded Zorvex Robotics?", ("Halvorsen", "Ingrid")),
@@ -235,12 +262,19 @@ def default_contexts() -> dict[str, BenchContext]:
             ),
         ),
         "document": BenchContext(
-            "document", "long document", wiki_document, "per_query",
+            "document",
+            "long document",
+            wiki_document,
+            "per_query",
             train_queries=(
-                "In which country is Mount Kilimanjaro?", "How often does Halley's Comet appear?",
-                "What are tardigrades also called?", "Which scripts are written on the Rosetta Stone?",
-                "What does the name Tardigrada mean?", "When did Halley's Comet last appear?",
-                "Which king issued the decree on the Rosetta Stone?", "Summarize the reference documents.",
+                "In which country is Mount Kilimanjaro?",
+                "How often does Halley's Comet appear?",
+                "What are tardigrades also called?",
+                "Which scripts are written on the Rosetta Stone?",
+                "What does the name Tardigrada mean?",
+                "When did Halley's Comet last appear?",
+                "Which king issued the decree on the Rosetta Stone?",
+                "Summarize the reference documents.",
             ),
             eval_queries=(
                 Query("How high is Mount Kilimanjaro?", ("5,895", "5895", "19,341", "19341")),
@@ -252,7 +286,10 @@ def default_contexts() -> dict[str, BenchContext]:
             ),
         ),
         "mtbench_system": BenchContext(
-            "mtbench_system", "MT-Bench system prompt", mtbench_system, "per_query",
+            "mtbench_system",
+            "MT-Bench system prompt",
+            mtbench_system,
+            "per_query",
             train_queries=("Introduce yourself.", "What should I call you?", "Who made you?", "Are you ChatGPT?"),
             eval_queries=(
                 Query("Who are you?", ("MistralOrca", "Mistral", "Orca", "Alignment Lab")),
@@ -282,7 +319,7 @@ def select(names: str | Sequence[str], available: Mapping[str, Any], what: str) 
 @functools.lru_cache(maxsize=1)
 def general_eval_queries() -> tuple[Query, ...]:
     """MT-Bench first turns (`MTBENCH_EVAL_IDS`) interleaved with the written `GENERAL_EVAL` queries."""
-    from sycojax.data import mtbench_first_turns  # noqa: PLC0415
+    from sycojax.data import mtbench_first_turns
 
     by_id = {int(r["source"].split(":")[1]): r["instruction"] for r in mtbench_first_turns(reference_model=None)}
     mt = [by_id[i] for i in MTBENCH_EVAL_IDS]
@@ -295,13 +332,14 @@ def general_eval_queries() -> tuple[Query, ...]:
 @functools.lru_cache(maxsize=4)
 def sharegpt_pool(n: int) -> tuple[str, ...]:
     """`n` short real English first-turn queries from ShareGPT (deterministic)."""
-    from sycojax.methods.consolidate import sharegpt_queries  # noqa: PLC0415
+    from sycojax.methods.consolidate import sharegpt_queries
 
     return tuple(sharegpt_queries(n, max_chars=160))
 
 
-def queries_for(ctx: BenchContext, num_train: int, num_eval: int, general: Sequence[Query],
-                pool: Sequence[str]) -> tuple[list[str], list[Query]]:
+def queries_for(
+    ctx: BenchContext, num_train: int, num_eval: int, general: Sequence[Query], pool: Sequence[str]
+) -> tuple[list[str], list[Query]]:
     """(training queries, held-out queries) for one context: its own first, then the shared sets.
 
     Raises when the two sets share a query (held-out means never trained on).
@@ -314,7 +352,9 @@ def queries_for(ctx: BenchContext, num_train: int, num_eval: int, general: Seque
     if shared:
         raise sm.ConsolidationError(f"context {ctx.name}: training and held-out queries share {sorted(shared)}")
     if len(train_q) < num_train or len(eval_q) < num_eval:
-        raise sm.ConsolidationError(f"context {ctx.name}: not enough queries ({len(train_q)} train, {len(eval_q)} eval)")
+        raise sm.ConsolidationError(
+            f"context {ctx.name}: not enough queries ({len(train_q)} train, {len(eval_q)} eval)"
+        )
     return train_q, eval_q
 
 
@@ -362,8 +402,16 @@ def _gen_batch(n: int, cap: int) -> int:
     return max(1, min(cap, n))
 
 
-def teacher_data(params, cfg: ModelConfig, tok, context: str, train_q: Sequence[str], eval_q: Sequence[Query],
-                 s: ml_collections.ConfigDict, seed: int = 0) -> TeacherData:
+def teacher_data(
+    params,
+    cfg: ModelConfig,
+    tok,
+    context: str,
+    train_q: Sequence[str],
+    eval_q: Sequence[Query],
+    s: ml_collections.ConfigDict,
+    seed: int = 0,
+) -> TeacherData:
     """Teacher replies and targets (once), the baseline's replies and `kl_before` for one context."""
     t0 = time.perf_counter()
     eval_texts = [q.text for q in eval_q]
@@ -374,18 +422,44 @@ def teacher_data(params, cfg: ModelConfig, tok, context: str, train_q: Sequence[
     reps = int(s.samples_per_query)
     rep = sm.Prompts(tr.teacher_prefix, tr.teacher_suffix * reps, tr.student * reps)
     sampling = Sampling(float(s.teacher_temperature), float(s.teacher_top_p))
-    responses = sm.teacher_responses(params, cfg, rep, max_new_tokens=s.max_response_tokens, sampling=sampling,
-                                     seed=seed, batch_size=_gen_batch(len(rep.student), s.gen_batch))
-    train_t = sm.teacher_targets(params, cfg, rep, responses, topk=s.topk, temperature=s.temperature,
-                                 batch_size=s.target_batch)
-    ev_resp = sm.teacher_responses(params, cfg, ev, max_new_tokens=s.max_response_tokens, sampling=GREEDY,
-                                   batch_size=_gen_batch(len(eval_texts), s.gen_batch), desc="teacher eval responses")
+    responses = sm.teacher_responses(
+        params,
+        cfg,
+        rep,
+        max_new_tokens=s.max_response_tokens,
+        sampling=sampling,
+        seed=seed,
+        batch_size=_gen_batch(len(rep.student), s.gen_batch),
+    )
+    train_t = sm.teacher_targets(
+        params, cfg, rep, responses, topk=s.topk, temperature=s.temperature, batch_size=s.target_batch
+    )
+    ev_resp = sm.teacher_responses(
+        params,
+        cfg,
+        ev,
+        max_new_tokens=s.max_response_tokens,
+        sampling=GREEDY,
+        batch_size=_gen_batch(len(eval_texts), s.gen_batch),
+        desc="teacher eval responses",
+    )
     eval_t = sm.teacher_targets(params, cfg, ev, ev_resp, topk=s.topk, full=True, batch_size=s.target_batch)
     dec = functools.partial(tok.decode, skip_special_tokens=True)
     base = generate(params, cfg, ev.student, max_new_tokens=s.max_response_tokens)
     kl_before = sm.mean_kl(params, Adapters(), cfg, eval_t)
-    return TeacherData(context, list(train_q), list(eval_q), tr, ev, train_t, eval_t, [dec(r).strip() for r in ev_resp],
-                       [dec(r).strip() for r in base.rows()], kl_before, time.perf_counter() - t0)
+    return TeacherData(
+        context,
+        list(train_q),
+        list(eval_q),
+        tr,
+        ev,
+        train_t,
+        eval_t,
+        [dec(r).strip() for r in ev_resp],
+        [dec(r).strip() for r in base.rows()],
+        kl_before,
+        time.perf_counter() - t0,
+    )
 
 
 # --------------------------------------------------------------------------- one method on one context
@@ -394,10 +468,14 @@ def teacher_data(params, cfg: ModelConfig, tok, context: str, train_q: Sequence[
 def method_spec(method: str, m: ml_collections.ConfigDict, s: ml_collections.ConfigDict) -> sm.Spec:
     targets = tuple(t.strip() for t in str(m.get("lora_targets", "all")).split(",") if t.strip())
     return sm.Spec(
-        method=method, objective="distill_on_generated_text",
+        method=method,
+        objective="distill_on_generated_text",
         lora=LoraConfig(rank=int(m.get("lora_rank", 8)), alpha=float(m.get("lora_alpha", 16.0)), targets=targets),
-        num_mem_tokens=int(m.get("num_mem_tokens", 8)), mem_init=str(m.get("mem_init", "context")),
-        temperature=float(s.temperature), topk=int(s.topk), max_response_tokens=int(s.max_response_tokens),
+        num_mem_tokens=int(m.get("num_mem_tokens", 8)),
+        mem_init=str(m.get("mem_init", "context")),
+        temperature=float(s.temperature),
+        topk=int(s.topk),
+        max_response_tokens=int(s.max_response_tokens),
         teacher_sampling=Sampling(float(s.teacher_temperature), float(s.teacher_top_p)),
         samples_per_query=int(s.samples_per_query),
     )
@@ -413,8 +491,17 @@ def train_config(base: ml_collections.ConfigDict, m: ml_collections.ConfigDict) 
     return c
 
 
-def run_method(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData, method: str,
-               m: ml_collections.ConfigDict, c: ml_collections.ConfigDict, log=print) -> dict[str, Any]:
+def run_method(
+    params,
+    cfg: ModelConfig,
+    tok,
+    ctx: BenchContext,
+    td: TeacherData,
+    method: str,
+    m: ml_collections.ConfigDict,
+    c: ml_collections.ConfigDict,
+    log=print,
+) -> dict[str, Any]:
     """Consolidate `td.context` with one method on the shared teacher targets; metrics as the module says."""
     s = c.bench
     spec = method_spec(method, m, s)
@@ -439,8 +526,16 @@ def run_method(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData
 
     workdir = tempfile.mkdtemp(prefix=f"bench_{ctx.name}_{method}_", dir=c.bench.scratch_dir or None)
     try:
-        result = train(sm.make_loss_fn(cfg, spec), trainable, frozen, data, tc, workdir,
-                       metadata={"bench": ctx.name, "method": method}, eval_fn=eval_fn)
+        result = train(
+            sm.make_loss_fn(cfg, spec),
+            trainable,
+            frozen,
+            data,
+            tc,
+            workdir,
+            metadata={"bench": ctx.name, "method": method},
+            eval_fn=eval_fn,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     trainable = jax.device_get(result.trainable)
@@ -469,8 +564,13 @@ def run_method(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData
         "kl_curve": curve,
         "rouge_l_student": rouge_l(student_texts, td.teacher_texts),
         "rouge_l_baseline": rouge_l(td.baseline_texts, td.teacher_texts),
-        "behaviour": {"teacher": rates["teacher"], "student": rates["student"], "baseline": rates["baseline"],
-                      "transfer": transfer, "ok": None if transfer is None else bool(transfer >= TRANSFER_MIN)},
+        "behaviour": {
+            "teacher": rates["teacher"],
+            "student": rates["student"],
+            "baseline": rates["baseline"],
+            "transfer": transfer,
+            "ok": None if transfer is None else bool(transfer >= TRANSFER_MIN),
+        },
         "prefill_tokens_saved_per_query": float(teacher_len - student_len),
         "train_s": round(t_train, 1),
         "eval_s": round(t_eval, 1),
@@ -478,15 +578,21 @@ def run_method(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData
         "trainable_params": int(sum(np.size(x) for x in jax.tree.leaves(trainable))),
         "steps": int(result.step),
         "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None),
-        "samples": [{"query": q.text, "teacher": t, "student": st, "baseline": b}
-                    for q, t, st, b in list(zip(td.eval_queries, td.teacher_texts, student_texts, td.baseline_texts))[
-                        : int(s.num_samples)]],
+        "samples": [
+            {"query": q.text, "teacher": t, "student": st, "baseline": b}
+            for q, t, st, b in list(zip(td.eval_queries, td.teacher_texts, student_texts, td.baseline_texts))[
+                : int(s.num_samples)
+            ]
+        ],
         "student_behaviour": flags["student"],
     }
-    log(f"  {ctx.name:15s} {method:7s} KL {td.kl_before:.4f} -> {kl_after:.4f} (gap closed {100 * out['gap_closed']:.1f}%)"
+    log(
+        f"  {ctx.name:15s} {method:7s} KL {td.kl_before:.4f} -> {kl_after:.4f} "
+        f"(gap closed {100 * out['gap_closed']:.1f}%)"
         f"  ROUGE-L {out['rouge_l_student']:.1f} vs {out['rouge_l_baseline']:.1f}  behaviour "
         f"{_fmt_rate(rates['teacher'])}/{_fmt_rate(rates['student'])}/{_fmt_rate(rates['baseline'])}  "
-        f"{out['wall_s']:.0f}s")
+        f"{out['wall_s']:.0f}s"
+    )
     return out
 
 
@@ -495,8 +601,8 @@ def run_method(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData
 
 def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[dict], None] | None = None) -> dict:
     """Every selected context × method; `on_context(partial_result)` after each context (to save as you go)."""
-    from sycojax.models.loading import load_model  # noqa: PLC0415
-    from sycojax.models.tokenizer import load_tokenizer  # noqa: PLC0415
+    from sycojax.models.loading import load_model
+    from sycojax.models.tokenizer import load_tokenizer
 
     s = c.bench
     contexts = default_contexts()
@@ -508,24 +614,39 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
     general = general_eval_queries()
     pool = sharegpt_pool(max(int(s.num_train_queries), 1))
     result: dict[str, Any] = {
-        "model": c.model.name, "base_hash": info.content_hash,
-        "settings": {"bench": s.to_dict(), "methods": {k: c.methods[k].to_dict() for k in methods},
-                     "train": {k: c[k].to_dict() for k in ("optim", "train")}},
-        "targets": dict(TARGETS), "contexts": [],
+        "model": c.model.name,
+        "base_hash": info.content_hash,
+        "settings": {
+            "bench": s.to_dict(),
+            "methods": {k: c.methods[k].to_dict() for k in methods},
+            "train": {k: c[k].to_dict() for k in ("optim", "train")},
+        },
+        "targets": dict(TARGETS),
+        "contexts": [],
     }
     for i, name in enumerate(names):
         ctx = contexts[name]
         text = context_text(ctx)
         train_q, eval_q = queries_for(ctx, int(s.num_train_queries), int(s.num_eval_queries), general, pool)
-        log(f"[{i + 1}/{len(names)}] {name} ({ctx.kind}): {len(tok(text, add_special_tokens=False)['input_ids'])} "
-            f"context tokens, {len(train_q)}×{s.samples_per_query} training replies, {len(eval_q)} held-out queries")
+        log(
+            f"[{i + 1}/{len(names)}] {name} ({ctx.kind}): {len(tok(text, add_special_tokens=False)['input_ids'])} "
+            f"context tokens, {len(train_q)}×{s.samples_per_query} training replies, {len(eval_q)} held-out queries"
+        )
         td = teacher_data(params, cfg, tok, text, train_q, eval_q, s, seed=int(c.train.seed) + 101 * i)
         log(f"  teacher + baseline: {td.seconds:.0f}s, KL(teacher‖no context) = {td.kl_before:.4f}")
-        rec = {"name": name, "kind": ctx.kind, "context": text, "check": ctx.check,
-               "context_tokens": len(tok(text, add_special_tokens=False)["input_ids"]),
-               "train_queries": train_q, "eval_queries": [q.text for q in eval_q],
-               "train_examples": int(td.train_targets.tokens.shape[0]), "teacher_s": round(td.seconds, 1),
-               "kl_before": td.kl_before, "methods": {}}
+        rec = {
+            "name": name,
+            "kind": ctx.kind,
+            "context": text,
+            "check": ctx.check,
+            "context_tokens": len(tok(text, add_special_tokens=False)["input_ids"]),
+            "train_queries": train_q,
+            "eval_queries": [q.text for q in eval_q],
+            "train_examples": int(td.train_targets.tokens.shape[0]),
+            "teacher_s": round(td.seconds, 1),
+            "kl_before": td.kl_before,
+            "methods": {},
+        }
         for method in methods:
             rec["methods"][method] = run_method(params, cfg, tok, ctx, td, method, c.methods[method], c, log=log)
         result["contexts"].append(rec)
@@ -538,6 +659,9 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
 
 def summarize(contexts: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per method: median / mean / min gap closed over contexts, behaviour transfers, ROUGE-L, time.
+
+    `pooled_gap_closed = 1 − Σ KL_after / Σ KL_before` over contexts weighs each context by its gap, so
+    a context the teacher barely follows (tiny KL before, noisy ratio) counts for little.
 
     `behaviour_ok` counts contexts whose behaviour transferred (see `behaviour_transfer`) out of the
     contexts where the check could see one (`behaviour_checkable`); `meets_target` compares the median
@@ -556,6 +680,7 @@ def summarize(contexts: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> 
             "median_gap_closed": med,
             "mean_gap_closed": statistics.fmean(gaps) if gaps else None,
             "min_gap_closed": min(gaps) if gaps else None,
+            "pooled_gap_closed": 1.0 - sum(r["kl_after"] for r in rows) / sum(r["kl_before"] for r in rows),
             "behaviour_ok": sum(oks),
             "behaviour_checkable": len(oks),
             "median_rouge_l_student": statistics.median(r["rouge_l_student"] for r in rows),
@@ -578,8 +703,10 @@ def _fmt_rate(r: float | None) -> str:
 
 def format_table(result: Mapping[str, Any]) -> str:
     """The per-(context, method) table and the per-method summary, as fixed-width text."""
-    head = (f"{'context':15s} {'method':7s} {'KL before':>9s} {'KL after':>9s} {'gap %':>6s} {'R-L s':>6s} "
-            f"{'R-L b':>6s} {'beh T/S/B %':>13s} {'ok':>4s} {'saved':>6s} {'wall s':>7s} {'params':>11s}")
+    head = (
+        f"{'context':15s} {'method':7s} {'KL before':>9s} {'KL after':>9s} {'gap %':>6s} {'R-L s':>6s} "
+        f"{'R-L b':>6s} {'beh T/S/B %':>13s} {'ok':>4s} {'saved':>6s} {'wall s':>7s} {'params':>11s}"
+    )
     lines = [head, "-" * len(head)]
     for ctx in result["contexts"]:
         for m, r in ctx["methods"].items():
@@ -591,14 +718,20 @@ def format_table(result: Mapping[str, Any]) -> str:
                 f"{r['rouge_l_student']:6.1f} {r['rouge_l_baseline']:6.1f} {beh:>13s} {ok:>4s} "
                 f"{r['prefill_tokens_saved_per_query']:6.1f} {r['wall_s']:7.0f} {r['trainable_params']:11,d}"
             )
-    lines += ["", f"{'method':7s} {'median gap %':>12s} {'mean gap %':>10s} {'min gap %':>9s} {'target %':>8s} "
-              f"{'met':>4s} {'behaviour ok':>12s} {'R-L s/b':>11s} {'mean wall s':>11s}"]
+    lines += [
+        "",
+        (
+            f"{'method':7s} {'median gap %':>12s} {'mean gap %':>10s} {'min gap %':>9s} {'pooled %':>8s} "
+            f"{'target %':>8s} "
+            f"{'met':>4s} {'behaviour ok':>12s} {'R-L s/b':>11s} {'mean wall s':>11s}"
+        ),
+    ]
     for m, sm_ in result.get("summary", {}).items():
         tgt = "-" if sm_["target"] is None else f"{100 * sm_['target']:.0f}"
         met = "-" if sm_["meets_target"] is None else ("yes" if sm_["meets_target"] else "no")
         lines.append(
             f"{m:7s} {100 * sm_['median_gap_closed']:12.1f} {100 * sm_['mean_gap_closed']:10.1f} "
-            f"{100 * sm_['min_gap_closed']:9.1f} {tgt:>8s} {met:>4s} "
+            f"{100 * sm_['min_gap_closed']:9.1f} {100 * sm_['pooled_gap_closed']:8.1f} {tgt:>8s} {met:>4s} "
             f"{sm_['behaviour_ok']:>5d}/{sm_['behaviour_checkable']:<6d} "
             f"{sm_['median_rouge_l_student']:5.1f}/{sm_['median_rouge_l_baseline']:<5.1f} {sm_['mean_wall_s']:11.0f}"
         )
@@ -608,8 +741,8 @@ def format_table(result: Mapping[str, Any]) -> str:
 def plot_kl(result: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Held-out KL vs step per method: the mean over contexts (thick) and each context (thin), in nats
     (left) and relative to the no-context KL (right, = 1 − gap closed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -628,7 +761,9 @@ def plot_kl(result: Mapping[str, Any], path: str | os.PathLike) -> str:
                 ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
             steps = sorted(set.intersection(*(set(cur) for cur in curves)))
             mean = [float(np.mean([cur[x] / cur[0] if relative else cur[x] for cur in curves])) for x in steps]
-            ax.plot(steps, mean, color=color, linewidth=2.5, marker="o", markersize=3, label=f"{m} (mean of {len(curves)})")
+            ax.plot(
+                steps, mean, color=color, linewidth=2.5, marker="o", markersize=3, label=f"{m} (mean of {len(curves)})"
+            )
         ax.set_xlabel("step")
         ax.set_ylabel("KL / KL before" if relative else "held-out KL(teacher‖student), nats/token")
         ax.set_title("relative to no context" if relative else "held-out KL")
@@ -656,8 +791,9 @@ def apply_quick(c: ml_collections.ConfigDict, contexts_given: bool = False) -> m
     """Tiny settings for a smoke test of the whole pipeline on the real model (minutes, not an hour)."""
     if not contexts_given:
         c.bench.contexts = QUICK_CONTEXTS
-    c.bench.update(dict(num_train_queries=4, samples_per_query=1, num_eval_queries=2, max_response_tokens=12,
-                        num_samples=1))
+    c.bench.update(
+        dict(num_train_queries=4, samples_per_query=1, num_eval_queries=2, max_response_tokens=12, num_samples=1)
+    )
     for m in c.methods.values():
         m.steps = 2
     c.train.eval_every = 1

@@ -128,7 +128,9 @@ def plain_ids(tok, cfg: ModelConfig, fmt: RawFormat, question: str, n_mem: int =
     return insert_after_bos([fmt.start] + encode(tok, fmt.question(question)), cfg, n_mem)
 
 
-def raw_prompts(tok, cfg: ModelConfig, fmt: RawFormat, context: str, probes: Sequence[str], n_mem: int = 0) -> sm.Prompts:
+def raw_prompts(
+    tok, cfg: ModelConfig, fmt: RawFormat, context: str, probes: Sequence[str], n_mem: int = 0
+) -> sm.Prompts:
     """Teacher `[start] context ␣probe`, student `[start] (memory) probe`, as `sycomode.Prompts`.
 
     The shared prefix is just `[start]`: these contexts are short, and keeping the context in the
@@ -147,8 +149,14 @@ def raw_prompts(tok, cfg: ModelConfig, fmt: RawFormat, context: str, probes: Seq
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _logits(params, adapters, tokens, *, cfg):
     b, t = tokens.shape
-    out = forward(params, tokens, cfg=cfg, positions=jnp.arange(t)[None].repeat(b, 0),
-                  mask=causal_padding(jnp.ones((b, t), bool)), adapters=adapters)
+    out = forward(
+        params,
+        tokens,
+        cfg=cfg,
+        positions=jnp.arange(t)[None].repeat(b, 0),
+        mask=causal_padding(jnp.ones((b, t), bool)),
+        adapters=adapters,
+    )
     return out.logits
 
 
@@ -166,13 +174,17 @@ def letter_ids(tok) -> list[int]:
     ids = [encode(tok, " " + c) for c in ALPHABET]
     bad = [c for c, i in zip(ALPHABET, ids) if len(i) != 1]
     if bad:
-        raise sm.ConsolidationError(f"the tokenizer splits the letters {bad} (with a leading space) into several tokens")
+        raise sm.ConsolidationError(
+            f"the tokenizer splits the letters {bad} (with a leading space) into several tokens"
+        )
     return [i[0] for i in ids]
 
 
 def letter_prob(last_logits: jax.Array, letters: Sequence[int], answer: str) -> float:
     """P(answer letter) under the softmax restricted to the 26 letter tokens (upstream `judge_on_alphabet`)."""
-    return float(restricted_softmax_prob(last_logits, jnp.asarray(letters), jnp.asarray(letters[ALPHABET.index(answer)])))
+    return float(
+        restricted_softmax_prob(last_logits, jnp.asarray(letters), jnp.asarray(letters[ALPHABET.index(answer)]))
+    )
 
 
 def answer_perplexity(logits: jax.Array, prompt_len: int, answer_ids: Sequence[int]) -> float:
@@ -221,9 +233,13 @@ def alphabet_case(rng: np.random.Generator) -> tuple[str, str]:
 def spec_from_config(c: ml_collections.ConfigDict) -> sm.Spec:
     m = c.method
     return sm.Spec(
-        method=m.name, objective=m.objective,
+        method=m.name,
+        objective=m.objective,
         lora=LoraConfig(rank=int(m.lora_rank), alpha=float(m.lora_alpha), targets=("all",)),
-        num_mem_tokens=int(m.num_mem_tokens), mem_init=m.mem_init, temperature=float(m.temp), topk=int(m.topk),
+        num_mem_tokens=int(m.num_mem_tokens),
+        mem_init=m.mem_init,
+        temperature=float(m.temp),
+        topk=int(m.topk),
         max_response_tokens=int(m.max_response_tokens),
         teacher_sampling=Sampling(float(m.teacher_temperature), float(m.teacher_top_p)),
         samples_per_query=int(m.samples_per_query),
@@ -250,8 +266,9 @@ def clm_targets(tok, cfg: ModelConfig, fmt: RawFormat, context: str, spec: sm.Sp
     return with_memory(targets, spec.n_mem, cfg)
 
 
-def consolidation_targets(params, cfg: ModelConfig, tok, fmt: RawFormat, context: str, probes: Sequence[str],
-                          spec: sm.Spec, seed: int = 0) -> sm.Targets:
+def consolidation_targets(
+    params, cfg: ModelConfig, tok, fmt: RawFormat, context: str, probes: Sequence[str], spec: sm.Spec, seed: int = 0
+) -> sm.Targets:
     """The student's training rows for `spec.objective` (teacher run once), memory tokens spliced in."""
     if spec.objective == "causal_language_model":
         return clm_targets(tok, cfg, fmt, context, spec)
@@ -259,16 +276,32 @@ def consolidation_targets(params, cfg: ModelConfig, tok, fmt: RawFormat, context
     generated = spec.objective == "distill_on_generated_text"
     reps = spec.samples_per_query if generated else 1
     rep = sm.Prompts(prompts.teacher_prefix, prompts.teacher_suffix * reps, prompts.student * reps)
-    responses = sm.teacher_responses(params, cfg, rep, max_new_tokens=spec.max_response_tokens,
-                                     sampling=spec.teacher_sampling if generated else GREEDY, seed=seed,
-                                     batch_size=len(rep.student))
-    targets = sm.teacher_targets(params, cfg, rep, responses, topk=spec.topk, temperature=spec.temperature,
-                                 batch_size=min(8, len(rep.student)))
+    responses = sm.teacher_responses(
+        params,
+        cfg,
+        rep,
+        max_new_tokens=spec.max_response_tokens,
+        sampling=spec.teacher_sampling if generated else GREEDY,
+        seed=seed,
+        batch_size=len(rep.student),
+    )
+    targets = sm.teacher_targets(
+        params, cfg, rep, responses, topk=spec.topk, temperature=spec.temperature, batch_size=min(8, len(rep.student))
+    )
     return with_memory(targets, spec.n_mem, cfg)
 
 
-def consolidate_raw(params, cfg: ModelConfig, tok, fmt: RawFormat, context: str, probes: Sequence[str],
-                    spec: sm.Spec, c: ml_collections.ConfigDict, seed: int = 0) -> tuple[dict, Adapters]:
+def consolidate_raw(
+    params,
+    cfg: ModelConfig,
+    tok,
+    fmt: RawFormat,
+    context: str,
+    probes: Sequence[str],
+    spec: sm.Spec,
+    c: ml_collections.ConfigDict,
+    seed: int = 0,
+) -> tuple[dict, Adapters]:
     """Consolidate `context` and return the student as (params, adapters) ready for `row_logits`."""
     targets = consolidation_targets(params, cfg, tok, fmt, context, probes, spec, seed)
     ctx_ids = encode(tok, context)
@@ -276,11 +309,20 @@ def consolidate_raw(params, cfg: ModelConfig, tok, fmt: RawFormat, context: str,
     frozen = {} if spec.method == "full" else {"base": params}
     tc = ml_collections.ConfigDict({k: c[k].to_dict() for k in ("optim", "train", "ckpt", "mesh", "logging")})
     arrays = targets.train_arrays()
-    tc.train.batch_size = min(int(tc.train.batch_size), arrays["tokens"].shape[0])  # train.seed stays: same compiled step
+    tc.train.batch_size = min(
+        int(tc.train.batch_size), arrays["tokens"].shape[0]
+    )  # train.seed stays: same compiled step
     workdir = tempfile.mkdtemp(prefix="sycomode_exp_")
     try:
-        result = train(sm.make_loss_fn(cfg, spec), trainable, frozen, ArrayIterator(arrays, tc.train.batch_size, seed=seed),
-                       tc, workdir, metadata={"experiment": True})
+        result = train(
+            sm.make_loss_fn(cfg, spec),
+            trainable,
+            frozen,
+            ArrayIterator(arrays, tc.train.batch_size, seed=seed),
+            tc,
+            workdir,
+            metadata={"experiment": True},
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     trainable = jax.device_get(result.trainable)
@@ -292,11 +334,26 @@ def consolidate_raw(params, cfg: ModelConfig, tok, fmt: RawFormat, context: str,
 
 def _triple(full: float, none: float, cons: float, higher_is_better: bool) -> dict[str, Any]:
     better = cons > none if higher_is_better else cons < none
-    return {"full_context": full, "no_context": none, "consolidated": cons, "consolidated_beats_no_context": bool(better)}
+    return {
+        "full_context": full,
+        "no_context": none,
+        "consolidated": cons,
+        "consolidated_beats_no_context": bool(better),
+    }
 
 
-def qa_case(params, cfg: ModelConfig, tok, fmt: RawFormat, spec: sm.Spec, c: ml_collections.ConfigDict, context: str,
-            question: str, answer: str, seed: int = 0) -> dict[str, Any]:
+def qa_case(
+    params,
+    cfg: ModelConfig,
+    tok,
+    fmt: RawFormat,
+    spec: sm.Spec,
+    c: ml_collections.ConfigDict,
+    context: str,
+    question: str,
+    answer: str,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Experiments 2 and 3: answer perplexity with the context, without it, and consolidated."""
     ans = encode(tok, " " + answer)
     full_p = full_ids(tok, fmt, context, question)
@@ -307,8 +364,13 @@ def qa_case(params, cfg: ModelConfig, tok, fmt: RawFormat, spec: sm.Spec, c: ml_
     sp, sa = consolidate_raw(params, cfg, tok, fmt, context, probes_for(c, context), spec, c, seed)
     stud_p = plain_ids(tok, cfg, fmt, question, spec.n_mem)
     cons = answer_perplexity(row_logits(sp, sa, cfg, stud_p + ans), len(stud_p), ans)
-    return dict(context=context, question=question, answer=answer, seconds=round(time.perf_counter() - t0, 1),
-                **_triple(full, none, cons, higher_is_better=False))
+    return dict(
+        context=context,
+        question=question,
+        answer=answer,
+        seconds=round(time.perf_counter() - t0, 1),
+        **_triple(full, none, cons, higher_is_better=False),
+    )
 
 
 def experiment1(params, cfg, tok, fmt, spec, c, runs: int, seed: int = 0, log=print) -> dict[str, Any]:
@@ -323,9 +385,20 @@ def experiment1(params, cfg, tok, fmt, spec, c, runs: int, seed: int = 0, log=pr
         t0 = time.perf_counter()
         sp, sa = consolidate_raw(params, cfg, tok, fmt, context, [""], spec, c, seed + i)
         cons = letter_prob(row_logits(sp, sa, cfg, plain_ids(tok, cfg, fmt, "", spec.n_mem))[-1], letters, answer)
-        rows.append(dict(context=context, answer=answer, full_context=full, no_context=none, consolidated=cons,
-                         seconds=round(time.perf_counter() - t0, 1)))
-        log(f"  run {i + 1}/{runs}: {context!r} -> {answer!r}: full {full:.3f}  none {none:.3f}  consolidated {cons:.3f}")
+        rows.append(
+            dict(
+                context=context,
+                answer=answer,
+                full_context=full,
+                no_context=none,
+                consolidated=cons,
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
+        log(
+            f"  run {i + 1}/{runs}: {context!r} -> {answer!r}: "
+            f"full {full:.3f}  none {none:.3f}  consolidated {cons:.3f}"
+        )
     out = {"metric": "P(correct letter | softmax over the 26 letter tokens)", "runs": runs, "per_run": rows}
     for k in ("full_context", "no_context", "consolidated"):
         vals = [r[k] for r in rows]
@@ -339,8 +412,10 @@ def experiment2(params, cfg, tok, fmt, spec, c, seed: int = 0, log=print) -> dic
     rows = []
     for i, (fact, q, a) in enumerate(FACTS):
         r = qa_case(params, cfg, tok, fmt, spec, c, fact, q, a, seed + i)
-        log(f"  {fact!r} / {q!r} -> {a!r}: full {r['full_context']:.2f}  none {r['no_context']:.2f}  "
-            f"consolidated {r['consolidated']:.2f}")
+        log(
+            f"  {fact!r} / {q!r} -> {a!r}: full {r['full_context']:.2f}  none {r['no_context']:.2f}  "
+            f"consolidated {r['consolidated']:.2f}"
+        )
         rows.append(r)
     out = {"metric": "perplexity of the answer tokens", "per_fact": rows}
     for k in ("full_context", "no_context", "consolidated"):
@@ -352,15 +427,17 @@ def experiment2(params, cfg, tok, fmt, spec, c, seed: int = 0, log=print) -> dic
 def experiment3(params, cfg, tok, fmt, spec, c, seed: int = 0, log=print) -> dict[str, Any]:
     """The JAXA passage: perplexity of "Epsilon" after "Which JAXA rocket replaced the M-V?"."""
     r = qa_case(params, cfg, tok, fmt, spec, c, JAXA_PASSAGE, JAXA_QUESTION, JAXA_ANSWER, seed)
-    log(f"  {JAXA_QUESTION!r} -> {JAXA_ANSWER!r}: full {r['full_context']:.2f}  none {r['no_context']:.2f}  "
-        f"consolidated {r['consolidated']:.2f}")
+    log(
+        f"  {JAXA_QUESTION!r} -> {JAXA_ANSWER!r}: full {r['full_context']:.2f}  none {r['no_context']:.2f}  "
+        f"consolidated {r['consolidated']:.2f}"
+    )
     return {"metric": "perplexity of the answer tokens", **r}
 
 
 def run_experiment(c: ml_collections.ConfigDict, experiment: int, log=print) -> dict[str, Any]:
     """Load the model, run one experiment, return its record (settings included)."""
-    from sycojax.models.loading import load_model  # noqa: PLC0415
-    from sycojax.models.tokenizer import load_tokenizer  # noqa: PLC0415
+    from sycojax.models.loading import load_model
+    from sycojax.models.tokenizer import load_tokenizer
 
     if experiment not in (1, 2, 3):
         raise sm.ConsolidationError(f"--experiment must be 1, 2 or 3, got {experiment}")
@@ -372,18 +449,31 @@ def run_experiment(c: ml_collections.ConfigDict, experiment: int, log=print) -> 
     seed = int(c.train.seed)
     if experiment == 1:
         if spec.objective != "causal_language_model":
-            spec = dataclasses.replace(spec, max_response_tokens=int(c.method.alphabet_response_tokens),
-                                       samples_per_query=int(c.method.alphabet_samples))
+            spec = dataclasses.replace(
+                spec,
+                max_response_tokens=int(c.method.alphabet_response_tokens),
+                samples_per_query=int(c.method.alphabet_samples),
+            )
         res = experiment1(params, cfg, tok, fmt, spec, c, int(c.runs), seed, log)
     elif experiment == 2:
         res = experiment2(params, cfg, tok, fmt, spec, c, seed, log)
     else:
         res = experiment3(params, cfg, tok, fmt, spec, c, seed, log)
     res.update(
-        experiment=experiment, model=c.model.name, base_hash=info.content_hash, method=spec.method,
-        objective=spec.objective, seconds=round(time.perf_counter() - t0, 1),
-        settings={"method": c.method.to_dict(), "optim": c.optim.to_dict(), "train": c.train.to_dict(),
-                  "probes": c.probes.split("|"), "context_probes": c.context_probes, "raw_format": {"start_id": fmt.start, "answer_cue": fmt.cue}},
+        experiment=experiment,
+        model=c.model.name,
+        base_hash=info.content_hash,
+        method=spec.method,
+        objective=spec.objective,
+        seconds=round(time.perf_counter() - t0, 1),
+        settings={
+            "method": c.method.to_dict(),
+            "optim": c.optim.to_dict(),
+            "train": c.train.to_dict(),
+            "probes": c.probes.split("|"),
+            "context_probes": c.context_probes,
+            "raw_format": {"start_id": fmt.start, "answer_cue": fmt.cue},
+        },
     )
     return res
 

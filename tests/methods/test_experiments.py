@@ -76,7 +76,7 @@ def test_raw_prompts_put_the_context_only_in_the_teacher(tiny_llama, char_tok):
     fmt = se.RawFormat.for_model(char_tok, cfg)  # "<|endoftext|>" is not one char-token: falls back to BOS
     assert fmt.start == cfg.bos_token_id and fmt.cue == " Answer:"
     p = se.raw_prompts(char_tok, cfg, fmt, "abc", ["", "q"], n_mem=2)
-    enc = lambda t: char_tok(t)["input_ids"]  # noqa: E731
+    enc = lambda t: char_tok(t)["input_ids"]
     assert p.teacher_prefix + p.teacher_suffix[0] == [fmt.start] + enc("abc")
     assert p.teacher_prefix + p.teacher_suffix[1] == [fmt.start] + enc("abc q")
     mem = [cfg.vocab_size, cfg.vocab_size + 1]

@@ -92,10 +92,16 @@ def test_behaviour_transfer_is_the_share_of_the_teacher_baseline_gap():
 
 def _rec(gap, ok, transfer=None, kl_before=1.0):
     return {
-        "kl_before": kl_before, "kl_after": kl_before * (1 - gap), "gap_closed": gap, "kl_curve": [(0, kl_before)],
-        "rouge_l_student": 50.0 + 10 * gap, "rouge_l_baseline": 20.0,
+        "kl_before": kl_before,
+        "kl_after": kl_before * (1 - gap),
+        "gap_closed": gap,
+        "kl_curve": [(0, kl_before)],
+        "rouge_l_student": 50.0 + 10 * gap,
+        "rouge_l_baseline": 20.0,
         "behaviour": {"teacher": 1.0, "student": 0.5, "baseline": 0.0, "transfer": transfer, "ok": ok},
-        "prefill_tokens_saved_per_query": 40.0, "wall_s": 10.0, "trainable_params": 123,
+        "prefill_tokens_saved_per_query": 40.0,
+        "wall_s": 10.0,
+        "trainable_params": 123,
     }
 
 
@@ -107,6 +113,10 @@ def test_summarize_medians_and_behaviour_counts():
     assert s["lora"]["median_gap_closed"] == pytest.approx(0.88)  # median of 0.5, 0.86, 0.9, 0.95
     assert s["memory"]["median_gap_closed"] == pytest.approx(0.375)
     assert s["lora"]["min_gap_closed"] == pytest.approx(0.5)
+    assert s["lora"]["pooled_gap_closed"] == pytest.approx(np.mean(gaps["lora"]))  # equal KL before: the mean
+    contexts[0]["methods"]["lora"] = _rec(0.9, True, kl_before=7.0)  # a context with a 7× larger gap dominates
+    pooled = sb.summarize(contexts, ["lora"])["lora"]["pooled_gap_closed"]
+    assert pooled == pytest.approx((7 * 0.9 + 0.5 + 0.95 + 0.86) / 10)
     assert (s["lora"]["behaviour_ok"], s["lora"]["behaviour_checkable"]) == (2, 3)
     assert (s["memory"]["behaviour_ok"], s["memory"]["behaviour_checkable"]) == (1, 3)
     assert s["lora"]["meets_target"] is True and s["memory"]["meets_target"] is False
@@ -123,7 +133,8 @@ def test_table_and_plot_from_a_result(tmp_path):
     assert "90.0" in row and "yes" in row
     assert any(line.startswith("lora") and "90.0" in line for line in table.splitlines())
     path = sb.plot_kl(json.loads(json.dumps(result)), tmp_path / "kl.png")
-    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- contexts and queries
@@ -133,8 +144,16 @@ def test_default_contexts_cover_the_required_kinds_and_keep_queries_disjoint():
     ctxs = sb.default_contexts()
     assert len(ctxs) >= 8
     kinds = {c.kind for c in ctxs.values()}
-    for k in ("persona", "output format", "language", "sign-off phrase", "all caps", "private facts", "long document",
-              "MT-Bench system prompt"):
+    for k in (
+        "persona",
+        "output format",
+        "language",
+        "sign-off phrase",
+        "all caps",
+        "private facts",
+        "long document",
+        "MT-Bench system prompt",
+    ):
         assert k in kinds
     for c in ctxs.values():
         assert not set(c.train_queries) & {q.text for q in c.eval_queries}, c.name
@@ -143,8 +162,9 @@ def test_default_contexts_cover_the_required_kinds_and_keep_queries_disjoint():
 
 
 def test_queries_for_fills_from_the_shared_sets_and_refuses_overlap():
-    ctx = sb.BenchContext("f", "private facts", "x", "per_query", train_queries=("a?", "b?"),
-                          eval_queries=(sb.Query("c?", ("c",)),))
+    ctx = sb.BenchContext(
+        "f", "private facts", "x", "per_query", train_queries=("a?", "b?"), eval_queries=(sb.Query("c?", ("c",)),)
+    )
     general = [sb.Query("g1"), sb.Query("g2"), sb.Query("g3")]
     train_q, eval_q = sb.queries_for(ctx, 4, 3, general, ["a?", "s1", "s2", "s3"])
     assert train_q == ["a?", "b?", "s1", "s2"]  # its own first, no duplicate from the pool
@@ -175,8 +195,17 @@ def _tiny_config():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
-    c.bench.update(dict(max_response_tokens=8, topk=101, gen_batch=8, target_batch=4, num_samples=1,
-                        samples_per_query=2, teacher_temperature=1.0))
+    c.bench.update(
+        dict(
+            max_response_tokens=8,
+            topk=101,
+            gen_batch=8,
+            target_batch=4,
+            num_samples=1,
+            samples_per_query=2,
+            teacher_temperature=1.0,
+        )
+    )
     c.methods.lora.update(dict(lr=1e-2, steps=8, lora_rank=4, lora_alpha=8.0))
     c.methods.memory.update(dict(lr=5e-2, steps=4, num_mem_tokens=2))
     c.train.eval_every = 4
@@ -200,8 +229,12 @@ def test_one_context_teacher_once_then_lora_closes_the_gap(tiny_llama, char_tok)
     b = lora["behaviour"]
     assert b["teacher"] is not None
     assert b["ok"] is None if b["transfer"] is None else b["ok"] == (b["transfer"] >= sb.TRANSFER_MIN)
-    prompt_gap = np.mean([len(td.eval_prompts.teacher_prefix) + len(s) - len(p)
-                          for s, p in zip(td.eval_prompts.teacher_suffix, td.eval_prompts.student)])
+    prompt_gap = np.mean(
+        [
+            len(td.eval_prompts.teacher_prefix) + len(s) - len(p)
+            for s, p in zip(td.eval_prompts.teacher_suffix, td.eval_prompts.student)
+        ]
+    )
     assert lora["prefill_tokens_saved_per_query"] == pytest.approx(prompt_gap)
 
 
