@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
-from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight
+from sycojax.models import (
+    Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight, unstack_cache, unstack_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +130,11 @@ def _generate(
         return jnp.any(t[:, None] == eos[None, :], axis=-1)
 
     buf = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    # decoding reads every weight once per token: give each layer its own weight and cache buffers
+    # (copied once, here) so the per-token layer loop slices nothing and updates each cache in place
+    dec_params = unstack_layers(params, cfg)
     state = dict(
-        step=jnp.int32(1), cache=out.cache, last=first, pos=next_pos, done=is_eos(first),
+        step=jnp.int32(1), cache=unstack_cache(out.cache), last=first, pos=next_pos, done=is_eos(first),
         length=jnp.where(is_eos(first), 0, 1).astype(jnp.int32), buf=buf, key=key, key_valid=key_valid,
     )
 
@@ -140,7 +145,7 @@ def _generate(
         idx = q + p + st["step"] - 1  # cache slot of the token being fed
         kv = st["key_valid"].at[:, idx].set(True)
         o = run(
-            params, st["last"][:, None], positions=st["pos"][:, None], mask=kv[:, None, None, :],
+            dec_params, st["last"][:, None], positions=st["pos"][:, None], mask=kv[:, None, None, :],
             cache=st["cache"], cache_index=idx,
         )
         k, sub = jax.random.split(st["key"])

@@ -11,6 +11,8 @@ from sycojax.models.model import (
     forward,
     init_cache,
     lm_head_weight,
+    unstack_cache,
+    unstack_layers,
 )
 
 __all__ = [

@@ -165,6 +165,25 @@ _BLOCKS = {"llama": (_llama_block, "model"), "gpt_neox": (_gpt_neox_block, "gpt_
 # --------------------------------------------------------------------------- forward
 
 
+def unstack_layers(params: dict, cfg: ModelConfig) -> dict:
+    """The same params with `layers` as a list of per-layer trees (each weight its own buffer).
+
+    `forward` then loops over the layers in Python instead of `lax.scan` and takes the cache as a
+    per-layer list (`unstack_cache`). Inside `lax.scan` every layer's weights are `dynamic_slice`d,
+    and XLA:CPU copies the slice before the matmul: decoding, which reads every weight once per
+    token, then moves each weight ~3x. Costs one copy of the layer weights: for decoding loops.
+    """
+    root = _BLOCKS[cfg.arch][1]
+    stacked = params[root]["layers"]
+    layers = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(cfg.num_layers)]
+    return {**params, root: {**params[root], "layers": layers}}
+
+
+def unstack_cache(cache: dict) -> list[dict]:
+    """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer `[{"k","v"}: (B, S, n_kv, hd)]`."""
+    return [{"k": k, "v": v} for k, v in zip(cache["k"], cache["v"])]
+
+
 def forward(
     params: dict,
     tokens: Int[Array, "b t"] | None,
@@ -215,14 +234,29 @@ def forward(
     if remat:
         step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
     h_in = h
-    h, (new_kv, hs) = jax.lax.scan(step, h, (params[root]["layers"], lora_layers, cache))
-    new_cache = None
-    if cache is not None:  # one in-place write of every layer's new K/V: (L, B, T, n_kv, hd) at cache_index
-        new_cache = {
-            name: jax.lax.dynamic_update_slice(cache[name], new_kv[name].astype(cache[name].dtype),
-                                               (0, 0, cache_index, 0, 0))
-            for name in ("k", "v")
-        }
+    layers = params[root]["layers"]
+    if isinstance(layers, (list, tuple)):  # unstacked (see `unstack_layers`): a Python loop over layers
+        new_cache, hs = ([] if cache is not None else None), []
+        for i, lp in enumerate(layers):
+            lo = None if lora_layers is None else jax.tree.map(lambda x, i=i: x[i], lora_layers)
+            h, (kv, hh) = step(h, (lp, lo, None if cache is None else cache[i]))
+            hs.append(hh)
+            if cache is not None:  # each layer's cache is its own buffer: written in place
+                new_cache.append({
+                    name: jax.lax.dynamic_update_slice(cache[i][name], kv[name].astype(cache[i][name].dtype),
+                                                       (0, cache_index, 0, 0))
+                    for name in ("k", "v")
+                })
+        hs = jnp.stack(hs) if return_hidden else None
+    else:
+        h, (new_kv, hs) = jax.lax.scan(step, h, (layers, lora_layers, cache))
+        new_cache = None
+        if cache is not None:  # one in-place write of every layer's new K/V: (L, B, T, n_kv, hd) at cache_index
+            new_cache = {
+                name: jax.lax.dynamic_update_slice(cache[name], new_kv[name].astype(cache[name].dtype),
+                                                   (0, 0, cache_index, 0, 0))
+                for name in ("k", "v")
+            }
 
     if cfg.arch == "llama":
         final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)

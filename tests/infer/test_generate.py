@@ -7,7 +7,7 @@ import pytest
 
 from sycojax.infer.generate import Sampling, generate, left_pad
 from sycojax.masks import causal_padding, positions_from_valid
-from sycojax.models import SequenceTooLong, forward, init_cache
+from sycojax.models import SequenceTooLong, forward, init_cache, unstack_cache, unstack_layers
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -40,6 +40,23 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama):
                     cache=cache, cache_index=t)
         cache = o.cache
         np.testing.assert_allclose(o.logits[0, 0], full[t], atol=1e-5)
+
+
+def test_unstacked_layers_and_cache_equal_the_scanned_forward(tiny_llama):
+    """Decoding runs over per-layer weight and cache buffers (`unstack_layers`): same logits, same cache."""
+    cfg, params = tiny_llama
+    ids = jnp.asarray(np.random.RandomState(1).randint(3, cfg.vocab_size, size=(2, 9)))
+    s = 16
+    pos = jnp.broadcast_to(jnp.arange(9)[None], (2, 9))
+    mask = jnp.broadcast_to((jnp.arange(s)[None, :] <= jnp.arange(9)[:, None])[None, None], (2, 1, 9, s))
+    ref = forward(params, ids, cfg=cfg, positions=pos, mask=mask, cache=init_cache(cfg, 2, s), return_hidden=True)
+    got = forward(unstack_layers(params, cfg), ids, cfg=cfg, positions=pos, mask=mask,
+                  cache=unstack_cache(init_cache(cfg, 2, s)), return_hidden=True)
+    np.testing.assert_allclose(got.logits, ref.logits, atol=1e-5)
+    np.testing.assert_allclose(np.stack(got.hidden_states), np.stack(ref.hidden_states), atol=1e-5)
+    for i, layer in enumerate(got.cache):
+        np.testing.assert_allclose(layer["k"], ref.cache["k"][i], atol=1e-6)
+        np.testing.assert_allclose(layer["v"], ref.cache["v"][i], atol=1e-6)
 
 
 def _greedy_reference(params, cfg, ids, n):
