@@ -11,11 +11,13 @@ from sycojax.models.model import (
     forward,
     init_cache,
     lm_head_weight,
+    restack_cache,
     unstack_cache,
     unstack_layers,
 )
 
 __all__ = [
     "Adapters", "ConfigError", "ModelConfig", "Output", "RopeScaling", "SequenceTooLong", "check_length",
-    "embed", "forward", "init_cache", "init_params", "lm_head_weight", "num_params", "param_shapes",
+    "embed", "forward", "init_cache", "init_params", "lm_head_weight", "num_params", "param_shapes", "restack_cache",
+    "unstack_cache", "unstack_layers",
 ]

@@ -146,6 +146,20 @@ def _attend(q, k, v, ctx):
     lc = ctx["layer_cache"]
     if lc is None:
         return L.attention(q, k, v, ctx["mask"], impl=ctx["attn_impl"]), None
+    if ctx["own_cache_buffer"]:
+        # This layer's cache is its own buffer (unstacked decoding): write the new K/V first, in place, then
+        # attend over the whole cache (the mask covers the new slots). Attending to the old cache and writing
+        # afterwards would keep both versions alive: XLA then copies the cache at every step.
+        # Its layout is head-major (`unstack_cache`): K as (B, n_kv, hd, S), V as (B, n_kv, S, hd).
+        idx = ctx["cache_index"]
+        kc = jax.lax.dynamic_update_slice(lc["k"], jnp.transpose(k, (0, 2, 3, 1)).astype(lc["k"].dtype), (0, 0, 0, idx))
+        vc = jax.lax.dynamic_update_slice(lc["v"], jnp.transpose(v, (0, 2, 1, 3)).astype(lc["v"].dtype), (0, 0, idx, 0))
+        if ctx["attn_impl"] == "xla":
+            out = L.attention_kv_major(q, kc.astype(q.dtype), vc.astype(q.dtype), ctx["mask"])
+        else:
+            kk, vv = jnp.transpose(kc, (0, 3, 1, 2)), jnp.transpose(vc, (0, 2, 1, 3))
+            out = L.attention(q, kk.astype(q.dtype), vv.astype(q.dtype), ctx["mask"], impl=ctx["attn_impl"])
+        return out, {"k": kc, "v": vc}
     # With a cache: attend over [cached keys] + [this call's keys] in one softmax, and hand the new K/V
     # back; the caller writes them into the cache once, after the layer scan (in place, no per-layer copy).
     # Cache slots about to be overwritten (idx .. idx+T) hold stale values: masked out of the cached part.
@@ -180,8 +194,17 @@ def unstack_layers(params: dict, cfg: ModelConfig) -> dict:
 
 
 def unstack_cache(cache: dict) -> list[dict]:
-    """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer `[{"k","v"}: (B, S, n_kv, hd)]`."""
-    return [{"k": k, "v": v} for k, v in zip(cache["k"], cache["v"])]
+    """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer head-major buffers `[{"k": (B, n_kv, hd, S),
+    "v": (B, n_kv, S, hd)}]`: the layouts attention reads directly (`layers.attention_kv_major`), so a
+    decoding step neither copies nor transposes the cache. `restack_cache` is the inverse."""
+    return [{"k": jnp.transpose(k, (0, 2, 3, 1)), "v": jnp.transpose(v, (0, 2, 1, 3))}
+            for k, v in zip(cache["k"], cache["v"])]
+
+
+def restack_cache(layers: list[dict]) -> dict:
+    """Inverse of `unstack_cache`."""
+    return {"k": jnp.stack([jnp.transpose(c["k"], (0, 3, 1, 2)) for c in layers]),
+            "v": jnp.stack([jnp.transpose(c["v"], (0, 2, 1, 3)) for c in layers])}
 
 
 def forward(
@@ -222,11 +245,14 @@ def forward(
     rope = L.rope_cos_sin(cfg, positions)
     lora_layers = None if adapters.lora is None else adapters.lora[root]["layers"]
 
+    layers = params[root]["layers"]
+    unstacked = isinstance(layers, (list, tuple))
+
     def step(h, xs):
         lp, lo, lc = xs
         ctx = dict(
             cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
-            layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl,
+            layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
         )
         h, kv = block(h, lp, lo, ctx)
         return h, (kv, h if return_hidden else None)
@@ -234,19 +260,14 @@ def forward(
     if remat:
         step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
     h_in = h
-    layers = params[root]["layers"]
-    if isinstance(layers, (list, tuple)):  # unstacked (see `unstack_layers`): a Python loop over layers
+    if unstacked:  # unstacked (see `unstack_layers`): a Python loop over layers
         new_cache, hs = ([] if cache is not None else None), []
         for i, lp in enumerate(layers):
             lo = None if lora_layers is None else jax.tree.map(lambda x, i=i: x[i], lora_layers)
             h, (kv, hh) = step(h, (lp, lo, None if cache is None else cache[i]))
             hs.append(hh)
-            if cache is not None:  # each layer's cache is its own buffer: written in place
-                new_cache.append({
-                    name: jax.lax.dynamic_update_slice(cache[i][name], kv[name].astype(cache[i][name].dtype),
-                                                       (0, cache_index, 0, 0))
-                    for name in ("k", "v")
-                })
+            if cache is not None:  # the layer wrote its own cache buffer in place (`_attend`)
+                new_cache.append(kv)
         hs = jnp.stack(hs) if return_hidden else None
     else:
         h, (new_kv, hs) = jax.lax.scan(step, h, (layers, lora_layers, cache))
