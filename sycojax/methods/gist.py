@@ -88,6 +88,7 @@ REPORT = "report.json"
 EVAL_FILE = "eval.json"
 EFFICIENCY_FILE = "eval_efficiency.json"
 SAMPLES_FILE = "eval_samples.json"
+OUTPUTS_FILE = "eval_outputs.json"
 
 
 class GistError(ValueError):
@@ -666,14 +667,15 @@ def evaluate(
                 "n_ref": len(ref_idx),
                 "loss": losses[split][run.name],
             }
-    samples = {
+    every = {
         split: [
             {"instruction": r["instruction"], "input": r["input"], "reference": r.get("output"),
              **{run.name: outputs[split][run.name][i] for run in runs}}
-            for i, r in enumerate(chosen[split][:3])
+            for i, r in enumerate(chosen[split])
         ]
         for split in splits
     }
+    samples = {split: rows[:3] for split, rows in every.items()}
     eff = None
     gist_runs = sorted((r for r in runs if r.spec.condition == "gist"), key=lambda r: r.spec.num_gist_tokens)
     if efficiency and gist_runs:
@@ -682,7 +684,7 @@ def evaluate(
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=limit,
                                  repeats=timing_repeats)
         eff["split"] = eff_split
-    return {"eval": table, "efficiency": eff, "samples": samples}
+    return {"eval": table, "efficiency": eff, "samples": samples, "outputs": every}
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -835,12 +837,16 @@ def format_efficiency(eff: Mapping[str, Any]) -> str:
 
 
 def write_eval(result: Mapping[str, Any], workdir: str | os.PathLike) -> dict[str, str]:
-    """`eval.json` (the table), `eval_efficiency.json`, `eval_samples.json` in `workdir`; returns their paths."""
+    """`eval.json` (the table), `eval_efficiency.json`, `eval_samples.json` (3 per split) and `eval_outputs.json`
+    (every output, same rows) in `workdir`; returns their paths."""
     d = Path(workdir)
     d.mkdir(parents=True, exist_ok=True)
     paths = {"eval": d / EVAL_FILE, "samples": d / SAMPLES_FILE}
     paths["eval"].write_text(json.dumps(result["eval"], indent=2))
     paths["samples"].write_text(json.dumps(result["samples"], indent=2, ensure_ascii=False))
+    if result.get("outputs") is not None:  # every greedy output (launch/eval_gist_lora.py --samples_json reads it)
+        paths["outputs"] = d / OUTPUTS_FILE
+        paths["outputs"].write_text(json.dumps(result["outputs"], indent=2, ensure_ascii=False))
     if result.get("efficiency") is not None:
         paths["efficiency"] = d / EFFICIENCY_FILE
         paths["efficiency"].write_text(json.dumps(result["efficiency"], indent=2))

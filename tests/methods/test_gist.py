@@ -247,6 +247,8 @@ def test_evaluate_table_efficiency_and_errors(tiny_llama, tok):
     assert eff["kv"]["per_query_with_cache"] < eff["kv"]["per_query_without_cache"]
     assert eff["compression"]["ratio_prefix"] > 1
     assert res["samples"]["unseen"][0]["reference"] == SPLITS["val_unseen"][0]["output"]
+    assert len(res["outputs"]["unseen"]) == table["unseen"]["pos_control"]["n"]  # every output, for LoRA rows
+    assert res["outputs"]["unseen"][:3] == res["samples"]["unseen"]
     text = G.format_table(table).splitlines()
     assert text[0].split()[:3] == ["split", "condition", "n"] and len(text) == 1 + 2 * 3
     assert "-> 2 gist" in G.format_efficiency(eff)
