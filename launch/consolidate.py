@@ -81,7 +81,7 @@ def main(argv):
     print()
     print(f"method={report['method']}  KL before {report['kl_before']:.4f} -> after {report['kl_after']:.4f} "
           f"nats/token  (gap closed {100 * report['gap_closed']:.1f}%)  steps={report['steps']}  "
-          f"time {report['timings_s']['total']:.0f}s")
+          f"time {report['timings_s']['total']:.0f}s  peak RSS {report['peak_rss_mb']:.0f} MB")
     for i, s in enumerate(report["samples"], 1):
         print(f"\n[{i}] query: {s['query']}")
         print(f"    teacher (with context):   {s['teacher']!r}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from sycojax.adapters import LoraConfig
 from sycojax.adapters.export import export_peft, save_tree
+from sycojax.bench.hardware import peak_rss_mb
 from sycojax.eval.plots import plot_curves
 from sycojax.infer.generate import Sampling, generate
 from sycojax.methods import sycomode as sm
@@ -282,6 +283,7 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
         "kl_curve": curve, "trainable_params": int(sum(x.size for x in jax.tree.leaves(trainable))),
         "trainable_bytes": sm.tree_bytes(trainable), "prefill_tokens_saved_per_query": float(teacher_len - student_len),
         "samples": samples, "timings_s": dict(timings, total=round(time.perf_counter() - t_start, 2)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),  # this process's high-water mark (load + teacher + training + eval)
         "outputs": {"workdir": str(workdir), "adapter": str(workdir / "adapter"), "peft": str(peft_dir) if peft_dir else None,
                     "kl_curve": str(curve_png), "loss_curve": result.loss_curve, "metrics": result.metrics_path},
     }

@@ -41,6 +41,7 @@ def test_report_has_kl_and_samples_and_last_lines_say_where_outputs_went(workdir
     assert report["kl_before"] > 0 and report["kl_after"] >= 0 and report["steps"] == 3
     assert len(report["samples"]) == 2 and set(report["samples"][0]) == {"query", "teacher", "student", "baseline"}
     assert report["num_train_queries"] == 4 and report["num_eval_queries"] == 2
+    assert 0 < report["peak_rss_mb"] < 4096  # consolidating stays under 4 GB
     tail = stdout.strip().splitlines()[-4:]
     assert tail[0].startswith("workdir:") and tail[1].startswith("report:") and tail[3].startswith("plots:")
     assert (d / "run" / "peft" / "adapter_config.json").exists() and (d / "run" / "kl_curve.png").exists()
