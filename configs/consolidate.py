@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
             mem_init="context",  # mean | context
             temp=1.0,  # distillation temperature
             topk=64,  # teacher log-probs kept per position
+            topk_tail=True,  # the teacher's mass outside the top k is one more class (False: renormalised away)
             max_response_tokens=48,
             teacher_temperature=0.8,  # teacher sampling for distill_on_generated_text
             teacher_top_p=0.95,

@@ -10,7 +10,8 @@ bench.contexts / bench.methods: "all" or comma lists (names in `sycojax.methods.
 bench.num_train_queries × bench.samples_per_query = training replies per context (teacher sampled at
 bench.teacher_temperature / teacher_top_p); bench.num_eval_queries held-out queries (teacher greedy).
 bench.max_response_tokens: length of every reply (teacher, student, baseline). bench.topk: teacher
-log-probs kept per training position; bench.temperature: distillation temperature.
+log-probs kept per training position; bench.topk_tail: keep the teacher's remaining mass as one more class
+(False: renormalise over the top k, the first session's loss, which plateaus); bench.temperature: distillation temperature.
 bench.gen_batch: rows per generation call (one compiled program per context); bench.target_batch:
 rows per teacher-target forward. bench.compile_cache: persistent XLA cache ("" = off).
 methods.<m>.lr / steps (+ sizes): the per-method hyper-parameters; the loop's batch size is train.batch_size.
@@ -41,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
             teacher_top_p=0.95,
             temperature=1.0,
             topk=64,
+            topk_tail=True,  # the teacher's mass outside the top k is one more class (objectives.distill)
             gen_batch=32,
             target_batch=8,
             num_samples=2,  # side-by-side samples kept per (context, method) in the JSON

@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
             mem_init="context",
             temp=1.0,
             topk=64,
+            topk_tail=True,  # the teacher's mass outside the top k is one more class (objectives.distill)
             max_response_tokens=24,  # teacher continuation length (experiments 2 and 3)
             alphabet_response_tokens=8,  # experiment 1: " g h i j ..."
             alphabet_samples=8,  # experiment 1: teacher continuations of the run (one empty probe)

@@ -136,6 +136,7 @@ def spec_from_config(c: ml_collections.ConfigDict) -> sm.Spec:
         method=m.name, objective=m.objective,
         lora=LoraConfig(rank=m.lora_rank, alpha=float(m.lora_alpha), targets=targets),
         num_mem_tokens=m.num_mem_tokens, mem_init=m.mem_init, temperature=float(m.temp), topk=m.topk,
+        topk_tail=bool(m.topk_tail),
         max_response_tokens=m.max_response_tokens,
         teacher_sampling=Sampling(float(m.teacher_temperature), float(m.teacher_top_p)),
         samples_per_query=m.samples_per_query, last_only=m.last_only,

@@ -141,6 +141,7 @@ class LoraEvalSpec:
     teacher_temperature: float = 0.8
     teacher_top_p: float = 0.95
     topk: int = 64  # teacher log-probs kept per response token
+    topk_tail: bool = True  # the teacher's mass outside the top k as one more class (objectives.distill)
     temperature: float = 1.0  # distillation temperature
     self_study_tokens: int = 48  # new tokens per self-study input (= max_response_tokens: one compiled sampler)
     self_study_tries: int = 4  # sampling rounds (of `gen_batch` candidates) before giving up
@@ -167,7 +168,7 @@ class LoraEvalSpec:
 
     def distill_spec(self, rank: int) -> sm.Spec:
         return sm.Spec(method="lora", objective="distill_on_generated_text", lora=self.lora(rank),
-                       temperature=float(self.temperature), topk=int(self.topk),
+                       temperature=float(self.temperature), topk=int(self.topk), topk_tail=bool(self.topk_tail),
                        max_response_tokens=int(self.max_response_tokens))
 
     def optim(self) -> dict[str, Any]:

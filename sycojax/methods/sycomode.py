@@ -55,6 +55,7 @@ class Spec:
     mem_init: str = "context"  # mean | context
     temperature: float = 1.0  # distillation temperature
     topk: int = 64  # teacher top-k kept per position
+    topk_tail: bool = False  # the teacher's mass outside the top k as one more class (objectives.distill)
     max_response_tokens: int = 64
     teacher_sampling: Sampling = Sampling(temperature=0.8, top_p=0.95)
     samples_per_query: int = 1
@@ -292,7 +293,10 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec):
     """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`).
 
     loss = Σ_j w_j · CE(teacher top-k at response token j ‖ softmax(student logits / T)) / Σ_j w_j,
-    which is KL(teacher‖student) on the top-k support plus the (constant) teacher top-k entropy.
+    which is KL(teacher‖student) on the top-k support plus the (constant) teacher top-k entropy; with
+    `spec.topk_tail` the teacher's mass outside the top k is one more class (the configs' default: the
+    renormalised loss lets the student drop the tail, and its full-vocabulary KL then plateaus — on
+    SmolLM2, pirate persona, 12 steps: held-out KL 0.560 → 0.206 renormalised, → 0.120 with the tail).
     """
 
     def loss_fn(trainable, frozen, batch, rng):
@@ -308,7 +312,7 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec):
         h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
         loss = obj.distill_topk_from_hidden(
             h, lm_head_weight(params, cfg), batch["topk_idx"], batch["topk_logprobs"], weights,
-            temperature=spec.temperature,
+            temperature=spec.temperature, tail=spec.topk_tail,
         )
         return loss, {"distill_ce": loss}
 

@@ -475,6 +475,7 @@ def method_spec(method: str, m: ml_collections.ConfigDict, s: ml_collections.Con
         mem_init=str(m.get("mem_init", "context")),
         temperature=float(s.temperature),
         topk=int(s.topk),
+        topk_tail=bool(s.get("topk_tail", False)),
         max_response_tokens=int(s.max_response_tokens),
         teacher_sampling=Sampling(float(s.teacher_temperature), float(s.teacher_top_p)),
         samples_per_query=int(s.samples_per_query),

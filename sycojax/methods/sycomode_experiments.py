@@ -240,6 +240,7 @@ def spec_from_config(c: ml_collections.ConfigDict) -> sm.Spec:
         mem_init=m.mem_init,
         temperature=float(m.temp),
         topk=int(m.topk),
+        topk_tail=bool(m.get("topk_tail", False)),
         max_response_tokens=int(m.max_response_tokens),
         teacher_sampling=Sampling(float(m.teacher_temperature), float(m.teacher_top_p)),
         samples_per_query=int(m.samples_per_query),

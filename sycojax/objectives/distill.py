@@ -22,6 +22,17 @@ and takes the cross-entropy of the student against q:
 H(q) does not depend on the student, so CE and KL(q‖s) have the same gradient; subtract
 `topk_entropy` to log a KL. With k = V, q = p and the loss is KL(p‖s) + H(p).
 
+With `tail=True` the targets are NOT renormalised: the teacher's mass outside K becomes one more
+class, and the loss is the cross-entropy over the (k+1)-way coarsened distributions
+
+    CE_tail(p, s) = −Σ_{j∈K} p_j log s_j − p_rest log s_rest,   p_rest = 1 − Σ_{j∈K} p_j,  s_rest = 1 − Σ_{j∈K} s_j
+
+which equals KL(p̄ ‖ s̄) + H(p̄) for the coarsened p̄, s̄ — a lower bound of the full KL(p‖s) that is exact
+when the student matches the teacher's tail mass. The renormalised loss instead rewards a student that
+puts ALL its mass on K, so the full-vocabulary KL it is evaluated with plateaus (the teacher keeps some
+mass in the tail). `log s_rest` is computed as `log(−expm1(log Σ_K s_j))`, floored at `log 1e-6`
+(float32 cannot resolve a smaller tail from the normaliser). With k = V both losses equal KL(p‖s) + H(p).
+
 Only k student logits are gathered; the student's log-normaliser is one `logsumexp` over V. To
 avoid materialising the student's (B, T, V) logits at all, `distill_topk_from_hidden` computes
 the same loss from the final hidden states and the LM head in chunks over the sequence.
@@ -30,6 +41,7 @@ the same loss from the final hidden states and the LM head in chunks over the se
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -104,16 +116,25 @@ def topk_entropy(topk_logprobs: Float[Array, "... k"]) -> Float[Array, "..."]:
     return -jnp.sum(jnp.where(q > 0, q * log_q, 0.0), axis=-1)
 
 
-def _topk_cross_entropy(student_logits, topk_idx, topk_logprobs, temperature):
-    """Per-position `−Σ_{j∈K} q_j (z_s[j]/T − logsumexp(z_s/T))` with q = renormalised top-k."""
+TAIL_FLOOR = 1e-6  # smallest student tail mass `tail=True` resolves (see the module docstring)
+
+
+def _topk_cross_entropy(student_logits, topk_idx, topk_logprobs, temperature, tail: bool = False):
+    """Per-position `−Σ_{j∈K} q_j (z_s[j]/T − logsumexp(z_s/T))` with q = renormalised top-k; with `tail`,
+    `−Σ_{j∈K} p_j log s_j − p_rest log s_rest` (module docstring)."""
     z = student_logits.astype(jnp.float32) / temperature
     log_norm = jax.nn.logsumexp(z, axis=-1)  # (..,)
-    picked = jnp.take_along_axis(z, topk_idx.astype(jnp.int32), axis=-1)  # (.., k)
-    q = jax.nn.softmax(jax.lax.stop_gradient(topk_logprobs).astype(jnp.float32), axis=-1)
-    return -jnp.sum(q * (picked - log_norm[..., None]), axis=-1)
+    log_s = jnp.take_along_axis(z, topk_idx.astype(jnp.int32), axis=-1) - log_norm[..., None]  # (.., k)
+    lp = jax.lax.stop_gradient(topk_logprobs).astype(jnp.float32)
+    if not tail:
+        return -jnp.sum(jax.nn.softmax(lp, axis=-1) * log_s, axis=-1)
+    p_rest = jnp.clip(-jnp.expm1(jax.nn.logsumexp(lp, axis=-1)), 0.0, 1.0)
+    log_s_in = jnp.minimum(jax.nn.logsumexp(log_s, axis=-1), math.log1p(-TAIL_FLOOR))
+    log_s_rest = jnp.log(-jnp.expm1(log_s_in))
+    return -(jnp.sum(jnp.exp(lp) * log_s, axis=-1) + p_rest * log_s_rest)
 
 
-@functools.partial(jax.jit, static_argnames="last_only")
+@functools.partial(jax.jit, static_argnames=("last_only", "tail"))
 def distill_on_topk(
     student_logits: Float[Array, "b t v"],
     topk_idx: Int[Array, "b t k"],
@@ -121,19 +142,21 @@ def distill_on_topk(
     weights: Array,
     temperature: float = 1.0,
     last_only: bool = False,
+    tail: bool = False,
 ) -> Float[Array, ""]:
     """Mean cross-entropy of the student against the renormalised top-k teacher targets.
 
         loss = Σ_bt w · [ −Σ_{j∈K} q_j log softmax(z_s/T)_j ] / Σ_bt w,   q = softmax(topk_logprobs)
 
     `(topk_idx, topk_logprobs)` come from `teacher_topk` (its temperature already applied; `T`
-    here scales the student only). Equals `KL(q ‖ s) + H(q)`; see the module docstring.
+    here scales the student only). Equals `KL(q ‖ s) + H(q)`; with `tail`, the teacher's mass outside
+    the top k is one more class instead of being renormalised away (see the module docstring).
     """
-    ce = _topk_cross_entropy(student_logits, topk_idx, topk_logprobs, temperature)
+    ce = _topk_cross_entropy(student_logits, topk_idx, topk_logprobs, temperature, tail)
     return weighted_mean(ce, select_weights(weights, last_only))
 
 
-@functools.partial(jax.jit, static_argnames="chunk")
+@functools.partial(jax.jit, static_argnames=("chunk", "tail"))
 def distill_topk_from_hidden(
     hidden: Float[Array, "b t d"],
     lm_head_weight: Float[Array, "v d"],
@@ -142,8 +165,9 @@ def distill_topk_from_hidden(
     weights: Array,
     temperature: float = 1.0,
     chunk: int = 128,
+    tail: bool = False,
 ) -> Float[Array, ""]:
-    """`distill_on_topk` computed from hidden states, `chunk` positions at a time.
+    """`distill_on_topk` (same `tail`) computed from hidden states, `chunk` positions at a time.
 
     `hidden` is the LM head's input (the final hidden states AFTER the final norm) and
     `lm_head_weight` the head in PyTorch `(V, D)` layout (the embedding matrix for tied models);
@@ -168,7 +192,7 @@ def distill_topk_from_hidden(
     @functools.partial(jax.checkpoint, prevent_cse=False)  # safe inside scan (JAX docs)
     def chunk_sum(head, h, idx, lp, wc):
         z = jnp.einsum("bcd,vd->bcv", h, head, preferred_element_type=jnp.float32)
-        ce = _topk_cross_entropy(z, idx, lp, temperature)
+        ce = _topk_cross_entropy(z, idx, lp, temperature, tail)
         return jnp.sum(jnp.where(wc > 0, ce, 0.0) * wc)
 
     def step(total, xs):

@@ -117,6 +117,43 @@ def test_distill_on_topk_hand_computed():
     np.testing.assert_allclose(topk_entropy(lp), -(5 / 7 * math.log(5 / 7) + 2 / 7 * math.log(2 / 7)), rtol=1e-6)
 
 
+def test_distill_on_topk_with_tail_hand_computed():
+    """tail=True: p over {2, 1} = [5/8, 2/8] plus p_rest = 1/8; s = [1/2, 1/4] plus s_rest = 1/4."""
+    teacher = jnp.log(jnp.array([[[1.0, 2.0, 5.0]]]))
+    student = jnp.log(jnp.array([[[1.0, 1.0, 2.0]]]))
+    idx, lp = teacher_topk(teacher, 2)
+    expected = -(5 / 8 * math.log(1 / 2) + 2 / 8 * math.log(1 / 4) + 1 / 8 * math.log(1 / 4))
+    np.testing.assert_allclose(distill_on_topk(student, idx, lp, jnp.ones((1, 1)), tail=True), expected, rtol=1e-6)
+    # a student that copies the teacher everywhere is the minimum; one that moves the tail's mass into the
+    # top k is NOT (the renormalised loss prefers it: that is why its full-vocabulary KL plateaus)
+    greedy = jnp.log(jnp.array([[[1e-9, 2.0, 6.0]]]))
+    for t in (teacher, greedy):
+        assert distill_on_topk(teacher, idx, lp, jnp.ones((1, 1)), tail=True) <= distill_on_topk(
+            t, idx, lp, jnp.ones((1, 1)), tail=True) + 1e-7
+    assert distill_on_topk(greedy, idx, lp, jnp.ones((1, 1))) < distill_on_topk(teacher, idx, lp, jnp.ones((1, 1)))
+    assert distill_on_topk(greedy, idx, lp, jnp.ones((1, 1)), tail=True) > distill_on_topk(
+        teacher, idx, lp, jnp.ones((1, 1)), tail=True)
+
+
+def test_tail_loss_with_every_token_kept_is_the_full_cross_entropy():
+    rng = np.random.default_rng(5)
+    t = (rng.normal(size=(2, 4, 7)) * 2).astype(np.float32)
+    s = (rng.normal(size=(2, 4, 7)) * 2).astype(np.float32)
+    w = np.ones((2, 4), np.float32)
+    idx, lp = teacher_topk(jnp.asarray(t), 7)
+    p = jax.nn.softmax(t, -1)
+    full = -np.mean(np.sum(p * jax.nn.log_softmax(s, -1), -1))
+    np.testing.assert_allclose(distill_on_topk(s, idx, lp, w, tail=True), full, rtol=1e-5)
+    # and from hidden states, chunked, equal to the logits version (values and gradients)
+    h = jnp.asarray(rng.normal(size=(2, 4, 3)).astype(np.float32))
+    wt = jnp.asarray(rng.normal(size=(7, 3)).astype(np.float32))
+    idx3, lp3 = teacher_topk(jnp.asarray(t), 3)
+    a = jax.value_and_grad(lambda h: distill_on_topk(jnp.einsum("btd,vd->btv", h, wt), idx3, lp3, w, tail=True))(h)
+    b = jax.value_and_grad(lambda h: distill_topk_from_hidden(h, wt, idx3, lp3, w, chunk=3, tail=True))(h)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_topk_full_vocab_is_kl_plus_teacher_entropy(temperature):
     rng = np.random.default_rng(3)
