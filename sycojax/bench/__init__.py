@@ -18,10 +18,19 @@ Method, in short:
 - `%peak`: model FLOPs (flops.py) per second over the fp32 matmul peak measured at the start of the
   run (`jnp.dot` for ours, `torch.mm` for theirs), each in its own process.
 
-Adding a row (e.g. `consolidate_e2e`): one function in `jobs.py`,
+Rows (`jobs.py`): `forward` (B=4 × T=256 logits), `generate_b1` / `generate_b8` (greedy, 128 new
+tokens), `lora_step` / `memory_step` / `full_step` (one KL training step, B=4 × T=256), and
+`consolidate_e2e`: the pirate persona of `configs/consolidate.py` into LoRA end to end (teacher
+pass over shared teacher responses, training, held-out KL); PyTorch runs first, 10 steps, and its
+held-out KL is the target; our time is the wall time to reach it (steps taken, KLs and target in
+the row's `extra`; no tok/s or %peak for this row).
 
-    @job("consolidate_e2e", tokens=lambda inp: ..., flops=lambda cfg, inp: ...)
-    def consolidate_e2e(side: str, ctx: Context) -> Workload: ...
+Adding a row: one function in `jobs.py`,
 
-returning a `Workload(run, check)`; it then appears in `--jobs`, the table and the JSON.
+    @job("forward", tokens=lambda inp: ..., flops=lambda cfg, inp: ...)
+    def forward(side: str, ctx: Context) -> Workload: ...
+
+returning a `Workload(run, check)`; it then appears in `--jobs`, the table and the JSON. A job can
+also declare `prepare=` (inputs the parent makes once, `ctx.shared[name]`) and `order=` (which side
+runs first; later sides read the earlier results in `ctx.prior`), as `consolidate_e2e` does.
 """

@@ -48,12 +48,20 @@ class Inputs:
 
 @dataclasses.dataclass
 class Context:
-    """What a worker gets: the model name, the HF export of its weights, the shared inputs."""
+    """What a worker gets: the model name, the HF export of its weights, the shared inputs.
+
+    `shared[job]`: that job's own inputs, computed once by the parent (`Job.prepare`), e.g. the
+    teacher responses of `consolidate_e2e`. `prior[side]`: the results (`worker.run`'s dict) of this
+    job's sides that ran before this one, in the job's `order`, e.g. the PyTorch side's final KL that
+    the JAX side of `consolidate_e2e` has to reach.
+    """
 
     model: str
     hf_dir: str
     inputs: Inputs
     threads: int
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prior: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -61,7 +69,8 @@ class Context:
     @classmethod
     def from_json(cls, s: str) -> Context:
         d = json.loads(s)
-        return cls(d["model"], d["hf_dir"], Inputs(**d["inputs"]), d["threads"])
+        return cls(d["model"], d["hf_dir"], Inputs(**d["inputs"]), d["threads"], d.get("shared", {}),
+                   d.get("prior", {}))
 
     @functools.cached_property
     def jax_model(self) -> tuple[Any, dict]:

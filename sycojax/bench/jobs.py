@@ -7,8 +7,13 @@
 projects do: transformers, PEFT, `loss.backward(); opt.step()`). The function returns a
 `Workload`: `run()` does one repetition (the timer blocks on its result) and `check(result)`
 turns the last result into a small JSON value that the parent compares across sides (argmax
-tokens, generated tokens, losses), so a speed-up that changed the answer shows in the table.
-Setup (loading, building inputs) happens in the function; compilation in the warm-up runs.
+tokens, generated tokens, losses), so a speed-up that changed the answer shows in the table;
+`info(result)` adds named figures to the row's `extra` (JSON). Setup (loading, building inputs)
+happens in the function; compilation in the warm-up runs.
+
+A job may also declare `prepare(model) -> JSON` (inputs the parent computes once, handed to both
+sides as `ctx.shared[name]`) and `order` (which side runs first; a later side reads the earlier
+sides' results in `ctx.prior`): `consolidate_e2e` uses both.
 
 Adding a row = writing one such function. Everything framework-specific is imported inside the
 function, so a PyTorch worker never imports JAX and vice versa.
@@ -31,28 +36,34 @@ class Workload:
     run: Callable[[], Any]
     check: Callable[[Any], Any] = lambda result: None
     warmup: int = 1  # untimed calls first (compilation / allocator warm-up)
+    info: Callable[[Any], dict | None] = lambda result: None  # extra named figures for the row (JSON)
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
     name: str
     build: Callable[[str, Context], Workload]
-    tokens: Callable[[Inputs], int]  # tokens processed (or generated) per repetition
-    flops: Callable[[Any, Inputs], float]  # (cfg, inputs) -> model FLOPs per repetition (see flops.py)
+    tokens: Callable[[Inputs], int] | None  # tokens processed (or generated) per repetition; None: no tok/s
+    flops: Callable[[Any, Inputs], float] | None  # (cfg, inputs) -> model FLOPs per repetition; None: no %peak
     compare: str = "agree"  # check values: "agree" = share of equal items; "close" = 1.0 if allclose(rtol=1e-3)
     doc: str = ""
+    prepare: Callable[[str], Any] | None = None  # model name -> JSON inputs computed once by the parent (ctx.shared)
+    order: tuple[str, ...] | None = None  # sides in this order (later ones see ctx.prior); None: as requested
 
 
 JOBS: dict[str, Job] = {}
 
 
-def job(name: str, *, tokens, flops, compare: str = "agree"):
+def job(name: str, *, tokens, flops, compare: str = "agree", prepare=None, order: tuple[str, ...] | None = None):
     """Register `fn(side, ctx) -> Workload` as the benchmark row `name`."""
+    if order is not None and sorted(order) != sorted(SIDES):
+        raise ValueError(f"job {name!r}: order must list each of {SIDES} once, got {order}")
 
     def deco(fn):
         if name in JOBS:
             raise ValueError(f"benchmark job {name!r} registered twice")
-        JOBS[name] = Job(name, fn, tokens, flops, compare, (fn.__doc__ or "").strip().splitlines()[0])
+        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        JOBS[name] = Job(name, fn, tokens, flops, compare, doc, prepare, tuple(order) if order else None)
         return fn
 
     return deco
@@ -304,3 +315,277 @@ def _train_job(kind: str, doc: str):
 lora_step = _train_job("lora", "LoRA train step (r=8, α=16, all linear layers), B=4 × T=256, KL to fixed logits, AdamW.")
 memory_step = _train_job("memory", "Memory-token train step (8 trained embeddings, base frozen), B=4 × T=256, KL, AdamW.")
 full_step = _train_job("full", "Full fine-tuning step (every weight, AdamW), B=4 × T=256, KL to fixed logits.")
+
+
+# ============================================================================= consolidate_e2e
+# One persona prompt (the pirate of `configs/consolidate.py`) consolidated into LoRA (r=8, α=16, every
+# linear layer), end to end, on both sides, to the same held-out KL. The parent makes the data once
+# (`consolidate_data`, our generator): the tokenized prompts and the teacher's responses, sampled for
+# the E2E_TRAIN_QUERIES training queries (T=0.8, top-p 0.95 as the config) and greedy for the
+# E2E_EVAL_QUERIES held-out ones (real ShareGPT first turns, disjoint), at most E2E_RESPONSE_TOKENS
+# each. Both sides train and evaluate on exactly these tokens, so "the same held-out KL" is the same
+# number on the same data; generating the responses is excluded from both timings (the generate_*
+# rows time generation).
+#
+# Timed, one repetition = a run from scratch (fresh LoRA from a fixed init, fresh optimizer):
+#   1. teacher pass: the frozen base with the context over [context + query + response] for every
+#      training and held-out row (ours: the context K/V computed once, top-k targets for training and
+#      the full distribution for evaluation, `sycomode.teacher_targets`; theirs: a plain batched
+#      forward with the adapter disabled, full-vocabulary log-softmax at the response positions);
+#   2. training, batch E2E_BATCH, rows in a fixed order, AdamW at the config's lr with its global-norm
+#      clipping (ours: `make_train_step` on `sycomode.make_loss_fn`, top-k distillation, E2E_TOPK; theirs:
+#      KL(teacher ‖ student) with full-vocabulary softmax, `loss.backward(); opt.step()`);
+#   3. held-out KL (mean per response token, full vocabulary, both sides). PyTorch runs first:
+#      E2E_TORCH_STEPS steps, then one evaluation; its KL is the target. Ours evaluates every
+#      E2E_EVAL_EVERY steps (inside the timing) and stops at the first KL <= target, at most
+#      E2E_MAX_STEPS steps. Without a target (the PyTorch side failed or was not run) ours does the
+#      same fixed E2E_TORCH_STEPS steps and one evaluation.
+# Not timed: model load, compilation (the warm-up run), and each side's held-out KL of the untrained
+# adapter (B = 0: the base model without the context) computed in setup: that is the check value,
+# and both sides must agree on it (same metric, same data).
+E2E = "consolidate_e2e"
+E2E_TRAIN_QUERIES, E2E_EVAL_QUERIES, E2E_RESPONSE_TOKENS, E2E_BATCH = 8, 4, 32, 4
+E2E_TORCH_STEPS, E2E_EVAL_EVERY, E2E_MAX_STEPS = 10, 2, 30
+# Our teacher top-k per response token: None = the config's (64, our method as configured); the vocabulary
+# size (49152) makes ours distil the full distribution, the PyTorch loop's objective.
+E2E_TOPK: int | None = None
+E2E_LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def consolidate_settings() -> dict:
+    """The run's settings: context, LoRA, optimizer and teacher sampling from `configs/consolidate.py`;
+    sizes and step counts from the E2E_* constants. Refuses config values the PyTorch loop does not mirror."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "consolidate.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{E2E} reads its settings from {path}, which is missing (run from a source checkout)")
+    spec = importlib.util.spec_from_file_location("_bench_consolidate_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    m, o = c.method, c.optim
+    if o.name != "adamw" or o.schedule != "constant" or float(o.warmup_frac) != 0.0:
+        raise ValueError(f"{E2E}: the PyTorch loop is plain AdamW at a constant lr; configs/consolidate.py has "
+                         f"optim.name={o.name!r}, schedule={o.schedule!r}, warmup_frac={o.warmup_frac}")
+    if m.lora_targets != "all" or float(m.temp) != 1.0:
+        raise ValueError(f"{E2E}: expects LoRA on every linear layer and distillation temperature 1; "
+                         f"configs/consolidate.py has lora_targets={m.lora_targets!r}, temp={m.temp}")
+    return {
+        "context": c.data.context, "lora_rank": int(m.lora_rank), "lora_alpha": float(m.lora_alpha),
+        "topk": int(m.topk) if E2E_TOPK is None else E2E_TOPK, "topk_tail": bool(m.topk_tail),
+        "teacher_temperature": float(m.teacher_temperature), "teacher_top_p": float(m.teacher_top_p),
+        "optim": {k: o[k] for k in ("name", "lr", "schedule", "warmup_frac", "weight_decay", "clip_norm", "b1",
+                                    "b2", "eps")},
+        "batch": E2E_BATCH, "response_tokens": E2E_RESPONSE_TOKENS, "torch_steps": E2E_TORCH_STEPS,
+        "eval_every": E2E_EVAL_EVERY, "max_steps": E2E_MAX_STEPS,
+    }
+
+
+def consolidate_data(params, cfg, tok, train_queries, eval_queries, settings: dict) -> dict:
+    """Prompts and teacher responses for both sides (JSON): made once, by our generator, in the parent.
+
+    Training responses are sampled (the config's teacher temperature / top-p, seed 0), held-out ones
+    greedy; each ends with EOS when the teacher stopped before `settings["response_tokens"]`.
+    """
+    from sycojax.infer.generate import GREEDY, Sampling
+    from sycojax.methods import sycomode as sm
+
+    if not train_queries or len(train_queries) % settings["batch"]:
+        raise ValueError(f"{E2E}: {len(train_queries)} training queries; need a positive multiple of the batch "
+                         f"{settings['batch']} (every step sees a full batch on both sides)")
+    if not eval_queries:
+        raise ValueError(f"{E2E}: no held-out queries")
+    n = settings["response_tokens"]
+    tr = sm.build_prompts(tok, cfg, settings["context"], train_queries)
+    ev = sm.build_prompts(tok, cfg, settings["context"], eval_queries)
+    sm.check_fits(cfg, tr, n)
+    sm.check_fits(cfg, ev, n)
+    sampling = Sampling(settings["teacher_temperature"], settings["teacher_top_p"])
+    train_resp = sm.teacher_responses(params, cfg, tr, max_new_tokens=n, sampling=sampling, seed=0,
+                                      batch_size=len(train_queries))
+    eval_resp = sm.teacher_responses(params, cfg, ev, max_new_tokens=n, batch_size=len(eval_queries),
+                                     sampling=GREEDY, desc="teacher eval responses")
+
+    def ints(rows):
+        return [[int(t) for t in r] for r in rows]
+
+    return {
+        "settings": settings, "teacher_prefix": ints([tr.teacher_prefix])[0],
+        "train": {"queries": list(train_queries), "teacher_suffix": ints(tr.teacher_suffix),
+                  "student": ints(tr.student), "responses": ints(train_resp)},
+        "eval": {"queries": list(eval_queries), "teacher_suffix": ints(ev.teacher_suffix),
+                 "student": ints(ev.student), "responses": ints(eval_resp)},
+    }
+
+
+def _consolidate_prepare(model: str) -> dict:
+    """The parent's `prepare`: the model, its tokenizer, ShareGPT queries (train, then held out)."""
+    import jax
+
+    from sycojax.methods.consolidate import sharegpt_queries
+    from sycojax.models.loading import load_model
+    from sycojax.models.tokenizer import load_tokenizer
+
+    cfg, params, _ = load_model(model)
+    queries = sharegpt_queries(E2E_TRAIN_QUERIES + E2E_EVAL_QUERIES)
+    return consolidate_data(jax.device_put(params), cfg, load_tokenizer(model), queries[:E2E_TRAIN_QUERIES],
+                            queries[E2E_TRAIN_QUERIES:], consolidate_settings())
+
+
+def _jax_consolidate(ctx: Context, data: dict) -> Workload:
+    import jax
+    import jax.numpy as jnp
+
+    from sycojax.adapters import LoraConfig
+    from sycojax.methods import sycomode as sm
+    from sycojax.train.optim import make_optimizer
+    from sycojax.train.step import make_train_step
+
+    s = data["settings"]
+    cfg, params = ctx.jax_model
+    spec = sm.Spec(method="lora", lora=LoraConfig(s["lora_rank"], s["lora_alpha"], ("all",)), topk=s["topk"],
+                   topk_tail=bool(s.get("topk_tail", False)), max_response_tokens=s["response_tokens"])
+    train_p = sm.Prompts(data["teacher_prefix"], data["train"]["teacher_suffix"], data["train"]["student"])
+    eval_p = sm.Prompts(data["teacher_prefix"], data["eval"]["teacher_suffix"], data["eval"]["student"])
+    train_resp, eval_resp, b = data["train"]["responses"], data["eval"]["responses"], s["batch"]
+    init = sm.init_trainable(params, cfg, spec, jax.random.key(0))
+    frozen = {"base": params}
+    tx, schedule = make_optimizer(s["optim"], s["max_steps"])  # a constant lr (consolidate_settings checks)
+    step_fn = jax.jit(make_train_step(sm.make_loss_fn(cfg, spec), tx, schedule, seed=0, dtype=jnp.float32),
+                      donate_argnums=(0, 1, 2))
+
+    def held_out_kl(trainable, eval_t) -> float:
+        p, a = sm.split_trees(params, trainable, spec)
+        return sm.mean_kl(p, a, cfg, eval_t, batch_size=b)
+
+    def eval_targets():
+        return sm.teacher_targets(params, cfg, eval_p, eval_resp, topk=spec.topk, full=True, batch_size=b)
+
+    kl_before = held_out_kl(init, eval_targets())  # setup, untimed: B = 0, the base model without the context
+
+    def run():
+        # the target is read at each run: fixed in a worker (its ctx.prior), varied by the tests without recompiling
+        target = ((ctx.prior.get(TORCH) or {}).get("info") or {}).get("torch_kl")
+        max_steps = s["max_steps"] if target is not None else s["torch_steps"]
+        eval_every = s["eval_every"] if target is not None else max_steps
+        train_t = sm.teacher_targets(params, cfg, train_p, train_resp, topk=spec.topk, temperature=spec.temperature,
+                                     batch_size=b)
+        eval_t = eval_targets()
+        arrays = train_t.train_arrays()
+        batches = [{k: jnp.asarray(v[i : i + b])[None] for k, v in arrays.items()}  # one micro-batch each
+                   for i in range(0, arrays["tokens"].shape[0], b)]
+        trainable = jax.tree.map(jnp.copy, init)  # the step donates its inputs: keep `init` for the next run
+        state, curve = [trainable, tx.init(trainable), jnp.int32(0)], []
+        for step in range(1, max_steps + 1):
+            *state, metrics = step_fn(*state, frozen, batches[(step - 1) % len(batches)])
+            if step % eval_every == 0 or step == max_steps:
+                curve.append((step, held_out_kl(state[0], eval_t)))
+                if target is not None and curve[-1][1] <= target:
+                    break
+        return {"target": target, "steps": step, "kl": curve[-1][1], "curve": curve, "loss": float(metrics["loss"]),
+                "max_steps": max_steps, "eval_every": eval_every}
+
+    def info(r):
+        return {"kl_target": r["target"], "jax_steps": r["steps"], "jax_kl": r["kl"],
+                "jax_reached": None if r["target"] is None else bool(r["kl"] <= r["target"]),
+                "jax_kl_curve": r["curve"], "jax_final_loss": r["loss"], "jax_kl_before": kl_before,
+                "jax_max_steps": r["max_steps"], "eval_every": r["eval_every"]}
+
+    return Workload(run, check=lambda r: [kl_before], info=info)
+
+
+def _torch_consolidate(ctx: Context, data: dict) -> Workload:
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    s, o = data["settings"], data["settings"]["optim"]
+    torch.manual_seed(0)
+    model = get_peft_model(ctx.hf_model, LoraConfig(r=s["lora_rank"], lora_alpha=s["lora_alpha"], lora_dropout=0.0,
+                                                    target_modules=E2E_LORA_MODULES))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    init = {n: p.detach().clone() for n, p in trainable.items()}
+    steps, b = s["torch_steps"], s["batch"]
+
+    def batches(prompts, responses):
+        """Right-padded `prompt + response` rows in batches of b: (ids, mask, response positions, weights)."""
+        out = []
+        for i in range(0, len(prompts), b):
+            ps, rs = prompts[i : i + b], responses[i : i + b]
+            seq_len, resp_len = max(len(p) + len(r) for p, r in zip(ps, rs)), max(len(r) for r in rs)
+            ids = torch.zeros(len(ps), seq_len, dtype=torch.long)
+            mask = torch.zeros(len(ps), seq_len, dtype=torch.long)
+            pos = torch.zeros(len(ps), resp_len, dtype=torch.long)
+            w = torch.zeros(len(ps), resp_len)
+            for j, (p, r) in enumerate(zip(ps, rs)):
+                ids[j, : len(p) + len(r)] = torch.tensor(p + r)
+                mask[j, : len(p) + len(r)] = 1
+                pos[j, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))  # logits there predict the response
+                w[j, : len(r)] = 1.0
+            out.append((ids, mask, pos, w))
+        return out
+
+    prefix = data["teacher_prefix"]
+    tr, ev = data["train"], data["eval"]
+    train_teacher = batches([prefix + x for x in tr["teacher_suffix"]], tr["responses"])
+    train_student = batches(tr["student"], tr["responses"])
+    eval_teacher = batches([prefix + x for x in ev["teacher_suffix"]], ev["responses"])
+    eval_student = batches(ev["student"], ev["responses"])
+
+    def log_probs(batch):
+        ids, mask, pos, _ = batch
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[torch.arange(ids.shape[0])[:, None], pos]  # (B, R, V): the response positions
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def kl_sum(student_lp, teacher_lp, w):  # Σ over response tokens of KL(teacher ‖ student)
+        return ((teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1) * w).sum()
+
+    def teacher(bs):
+        with torch.no_grad(), model.disable_adapter():
+            return [log_probs(x) for x in bs]
+
+    def held_out_kl(teacher_eval) -> float:
+        model.eval()
+        with torch.no_grad():
+            tot = sum(kl_sum(log_probs(x), t, x[3]) for x, t in zip(eval_student, teacher_eval))
+        return float(tot / sum(x[3].sum() for x in eval_student))
+
+    kl_before = held_out_kl(teacher(eval_teacher))  # setup, untimed: B = 0, the base model without the context
+
+    def run():
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(init[n])
+        opt = torch.optim.AdamW(trainable.values(), lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"],
+                                weight_decay=o["weight_decay"])
+        teacher_train, teacher_eval = teacher(train_teacher), teacher(eval_teacher)
+        model.train()
+        for step in range(steps):
+            i = step % len(train_student)
+            x = train_student[i]
+            loss = kl_sum(log_probs(x), teacher_train[i], x[3]) / x[3].sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o["clip_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(trainable.values(), o["clip_norm"])
+            opt.step()
+        return {"kl": held_out_kl(teacher_eval), "loss": loss.item(), "steps": steps}
+
+    def info(r):
+        return {"torch_steps": r["steps"], "torch_kl": r["kl"], "torch_final_loss": r["loss"],
+                "torch_kl_before": kl_before}
+
+    return Workload(run, check=lambda r: [kl_before], info=info)
+
+
+@job(E2E, tokens=None, flops=None, compare="close", prepare=_consolidate_prepare, order=(TORCH, JAX))
+def consolidate_e2e(side: str, ctx: Context) -> Workload:
+    """Pirate persona → LoRA end to end (teacher pass, training, held-out KL) to PyTorch's 10-step KL."""
+    data = ctx.shared.get(E2E)
+    if data is None:
+        raise RuntimeError(f"{E2E} needs the teacher data its `prepare` makes in the parent (ctx.shared[{E2E!r}]); "
+                           "run it through launch/bench.py or runner.run_jobs")
+    return _jax_consolidate(ctx, data) if side == JAX else _torch_consolidate(ctx, data)

@@ -8,7 +8,12 @@ peak), `torch_flops_share` (theirs over the PyTorch matmul peak), `peak_rss_mb` 
 (each side's worker process), `flops_share_cpu` / `torch_flops_share_cpu` (the same per CPU-second,
 see `hardware`), `agree` (share of equal check items: argmax tokens, generated tokens;
 for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` / `cpu_ratio` (process CPU
-time, all threads: the figure to trust when other jobs share the cores).
+time, all threads: the figure to trust when other jobs share the cores), `extra` (the job's own
+named figures from both sides, e.g. `consolidate_e2e`'s KL target and the steps ours took to reach it).
+A job without a token or FLOP count (`consolidate_e2e`) leaves the tok/s and %peak fields None.
+
+Sides run in the order asked for, unless the job declares its own (`Job.order`); each side's spec
+carries the results of the sides that ran before it (`Context.prior`).
 """
 
 from __future__ import annotations
@@ -50,15 +55,24 @@ class Row:
     torch_flops_share_cpu: float | None = None
     tokens: int | None = None
     gflop: float | None = None
+    extra: dict | None = None  # the job's named figures (`Workload.info`) from both sides
     error: str | None = None
 
 
-def prepare(model: str = MODEL, threads: int | None = None) -> tuple[Context, object]:
-    """Shared inputs + the HF export for the PyTorch side; returns the worker context and the config."""
+def prepare(model: str = MODEL, threads: int | None = None, names: Sequence[str] = ()) -> tuple[Context, object]:
+    """Shared inputs + the HF export for the PyTorch side + the own inputs (`Job.prepare`) of the jobs
+    `names`; returns the worker context and the config."""
     from sycojax.models.loading import load_model
 
     cfg = load_model(model)[0]
-    return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count()), cfg
+    shared = {}
+    for n in names:
+        if JOBS[n].prepare is not None:
+            try:
+                shared[n] = JOBS[n].prepare(model)
+            except Exception as e:  # fails before anything is timed: say which job, keep the cause
+                raise RuntimeError(f"preparing the inputs of job {n!r} failed: {e}") from e
+    return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count(), shared), cfg
 
 
 def run_side(spec_path: str, job: str, side: str, repeats: int, timeout_s: float = 600) -> dict:
@@ -89,25 +103,39 @@ def agreement(a, b, how: str = "agree") -> float | None:
 def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, float]]) -> Row:
     """`peaks[side] = (FLOP/s, FLOP per CPU-second)` of that side's matmul."""
     job = JOBS[name]
-    tokens = job.tokens(inputs)
-    flop = job.flops(cfg, inputs)
-    row = Row(name, tokens=tokens, gflop=flop / 1e9)
+    tokens = job.tokens(inputs) if job.tokens is not None else None
+    flop = job.flops(cfg, inputs) if job.flops is not None else None
+    row = Row(name, tokens=tokens, gflop=None if flop is None else flop / 1e9)
     j, t = res.get(JAX), res.get(TORCH)
     if j:
         row.jax_s, row.jax_median_s, row.peak_rss_mb = j["min_s"], j["median_s"], j["peak_rss_mb"]
-        row.jax_tokens_per_s, row.jax_cpu_s = tokens / j["min_s"], j["cpu_min_s"]
-        row.flops_share = flop / j["min_s"] / peaks[JAX][0]
-        row.flops_share_cpu = flop / j["cpu_min_s"] / peaks[JAX][1]
+        row.jax_cpu_s = j["cpu_min_s"]
+        if tokens is not None:
+            row.jax_tokens_per_s = tokens / j["min_s"]
+        if flop is not None:
+            row.flops_share = flop / j["min_s"] / peaks[JAX][0]
+            row.flops_share_cpu = flop / j["cpu_min_s"] / peaks[JAX][1]
     if t:
         row.torch_s, row.torch_median_s, row.torch_peak_rss_mb = t["min_s"], t["median_s"], t["peak_rss_mb"]
-        row.torch_tokens_per_s, row.torch_cpu_s = tokens / t["min_s"], t["cpu_min_s"]
-        row.torch_flops_share = flop / t["min_s"] / peaks[TORCH][0]
-        row.torch_flops_share_cpu = flop / t["cpu_min_s"] / peaks[TORCH][1]
+        row.torch_cpu_s = t["cpu_min_s"]
+        if tokens is not None:
+            row.torch_tokens_per_s = tokens / t["min_s"]
+        if flop is not None:
+            row.torch_flops_share = flop / t["min_s"] / peaks[TORCH][0]
+            row.torch_flops_share_cpu = flop / t["cpu_min_s"] / peaks[TORCH][1]
     if j and t:
         row.ratio = t["min_s"] / j["min_s"]
         row.cpu_ratio = t["cpu_min_s"] / j["cpu_min_s"]
         row.agree = agreement(j.get("check"), t.get("check"), job.compare)
+    extra = {k: v for side in (t, j) if side for k, v in (side.get("info") or {}).items()}
+    row.extra = extra or None
     return row
+
+
+def side_order(name: str, sides: Sequence[str]) -> list[str]:
+    """The requested sides of job `name`, in its declared `order` if it has one."""
+    order = JOBS[name].order
+    return list(sides) if order is None else [s for s in order if s in sides]
 
 
 def measure_peaks(threads: int) -> dict[str, tuple[float, float]]:
@@ -130,19 +158,19 @@ def run_jobs(
     if unknown:
         raise ValueError(f"unknown job(s) {unknown}; known: {', '.join(JOBS)}")
     t0 = time.perf_counter()
-    ctx, cfg = prepare()
+    ctx, cfg = prepare(names=names)
     log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
     peaks = measure_peaks(ctx.threads)
     log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
         f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        spec = os.path.join(tmp, "spec.json")
-        with open(spec, "w") as f:
-            f.write(ctx.to_json())
         for name in names:
             res, err = {}, None
-            for side in sides:
+            for side in side_order(name, sides):
+                spec = os.path.join(tmp, f"spec-{name}-{side}.json")
+                with open(spec, "w") as f:  # with the results of this job's earlier sides (ctx.prior)
+                    f.write(dataclasses.replace(ctx, prior=dict(res)).to_json())
                 ts = time.perf_counter()
                 try:
                     res[side] = run_side(spec, name, side, repeats, timeout_s)
@@ -153,6 +181,8 @@ def run_jobs(
                 r = res[side]
                 log(f"  {name}/{side}: min {r['min_s']:.3f}s median {r['median_s']:.3f}s cpu {r['cpu_min_s']:.3f}s "
                     f"(first call {r['first_s']:.1f}s, setup {r['setup_s']:.1f}s, worker {time.perf_counter() - ts:.0f}s)")
+                if r.get("info"):
+                    log(f"    {format_extra(r['info'])}")
             row = make_row(name, cfg, ctx.inputs, res, peaks)
             row.error = err
             rows.append(row)
@@ -184,4 +214,13 @@ def format_table(rows: Sequence[Row]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    notes = [f"{r.name}: {format_extra(r.extra)}" for r in rows if r.extra]
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def format_extra(extra: dict) -> str:
+    """`key=value` for a job's scalar extra figures (lists, e.g. KL curves, stay in the JSON only)."""
+    def f(v):
+        return format(v, ".4g") if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={f(v)}" for k, v in extra.items() if not isinstance(v, (list, tuple, dict)))

@@ -3,7 +3,7 @@
     python -m sycojax.bench.worker SPEC.json JOB SIDE REPEATS
 
 SPEC.json holds a serialized `Context`. The last stdout line is `RESULT <json>` with the timings,
-the check value and this process's peak RSS (see `hardware.peak_rss_mb`). PyTorch gets
+the check value, the job's extra figures (`info`) and this process's peak RSS (see `hardware.peak_rss_mb`). PyTorch gets
 `torch.set_num_threads(ctx.threads)` (all cores); XLA's CPU client uses all cores by default.
 """
 
@@ -49,7 +49,7 @@ def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
         "job": job_name, "side": side, "times_s": list(timing.times_s), "min_s": timing.min_s,
         "median_s": timing.median_s, "cpu_times_s": list(timing.cpu_times_s), "cpu_min_s": timing.cpu_min_s,
         "first_s": timing.first_s, "setup_s": setup_s, "peak_rss_mb": peak_rss_mb(), "threads": threads,
-        "check": work.check(last[0]),
+        "check": work.check(last[0]), "info": work.info(last[0]),
     }
 
 

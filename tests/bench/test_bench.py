@@ -55,7 +55,7 @@ def test_train_flops(tiny_llama):
 
 
 def test_registry_has_the_issue_rows_and_refuses_duplicates():
-    for name in ("forward", "generate_b1", "generate_b8", "lora_step", "memory_step", "full_step"):
+    for name in ("forward", "generate_b1", "generate_b8", "lora_step", "memory_step", "full_step", "consolidate_e2e"):
         assert name in JOBS and JOBS[name].doc
     with pytest.raises(ValueError, match="registered twice"):
         job("forward", tokens=lambda i: 0, flops=lambda c, i: 0)(lambda side, ctx: None)
