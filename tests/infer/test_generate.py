@@ -55,7 +55,7 @@ def test_unstacked_layers_and_cache_equal_the_scanned_forward(tiny_llama):
     np.testing.assert_allclose(got.logits, ref.logits, atol=1e-5)
     np.testing.assert_allclose(np.stack(got.hidden_states), np.stack(ref.hidden_states), atol=1e-5)
     for name in ("k", "v"):
-        np.testing.assert_allclose(restack_cache(got.cache)[name], ref.cache[name], atol=1e-6)
+        np.testing.assert_allclose(restack_cache(got.cache)[name], ref.cache[name], atol=1e-5)
 
 
 def _greedy_reference(params, cfg, ids, n):
