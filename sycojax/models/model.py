@@ -152,12 +152,13 @@ def _attend(q, k, v, ctx):
         # afterwards would keep both versions alive: XLA then copies the cache at every step.
         # Its layout is head-major (`unstack_cache`): K as (B, n_kv, hd, S), V as (B, n_kv, S, hd).
         idx = ctx["cache_index"]
-        kc = jax.lax.dynamic_update_slice(lc["k"], jnp.transpose(k, (0, 2, 3, 1)).astype(lc["k"].dtype), (0, 0, 0, idx))
-        vc = jax.lax.dynamic_update_slice(lc["v"], jnp.transpose(v, (0, 2, 1, 3)).astype(lc["v"].dtype), (0, 0, idx, 0))
+        k_t, v_m = L.kv_head_major(k, v)
+        kc = jax.lax.dynamic_update_slice(lc["k"], k_t.astype(lc["k"].dtype), (0, 0, 0, idx))
+        vc = jax.lax.dynamic_update_slice(lc["v"], v_m.astype(lc["v"].dtype), (0, 0, idx, 0))
         if ctx["attn_impl"] == "xla":
             out = L.attention_kv_major(q, kc.astype(q.dtype), vc.astype(q.dtype), ctx["mask"])
         else:
-            kk, vv = jnp.transpose(kc, (0, 3, 1, 2)), jnp.transpose(vc, (0, 2, 1, 3))
+            kk, vv = L.kv_seq_major(kc, vc)
             out = L.attention(q, kk.astype(q.dtype), vv.astype(q.dtype), ctx["mask"], impl=ctx["attn_impl"])
         return out, {"k": kc, "v": vc}
     # With a cache: attend over [cached keys] + [this call's keys] in one softmax, and hand the new K/V
@@ -197,14 +198,13 @@ def unstack_cache(cache: dict) -> list[dict]:
     """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer head-major buffers `[{"k": (B, n_kv, hd, S),
     "v": (B, n_kv, S, hd)}]`: the layouts attention reads directly (`layers.attention_kv_major`), so a
     decoding step neither copies nor transposes the cache. `restack_cache` is the inverse."""
-    return [{"k": jnp.transpose(k, (0, 2, 3, 1)), "v": jnp.transpose(v, (0, 2, 1, 3))}
-            for k, v in zip(cache["k"], cache["v"])]
+    return [dict(zip(("k", "v"), L.kv_head_major(k, v))) for k, v in zip(cache["k"], cache["v"])]
 
 
 def restack_cache(layers: list[dict]) -> dict:
     """Inverse of `unstack_cache`."""
-    return {"k": jnp.stack([jnp.transpose(c["k"], (0, 3, 1, 2)) for c in layers]),
-            "v": jnp.stack([jnp.transpose(c["v"], (0, 2, 1, 3)) for c in layers])}
+    per_layer = [L.kv_seq_major(c["k"], c["v"]) for c in layers]
+    return {"k": jnp.stack([k for k, _ in per_layer]), "v": jnp.stack([v for _, v in per_layer])}
 
 
 def forward(
