@@ -617,6 +617,7 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
     result: dict[str, Any] = {
         "model": c.model.name,
         "base_hash": info.content_hash,
+        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind} x{jax.device_count()}",
         "settings": {
             "bench": s.to_dict(),
             "methods": {k: c.methods[k].to_dict() for k in methods},
