@@ -23,6 +23,7 @@ caller asks for no system prompt at all; any other string replaces the default.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,6 @@ from sycojax.models.loading import default_cache_dir, fingerprint, fingerprint_k
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None):
     """A transformers fast tokenizer for a known name, a `.gguf` file or a HF directory (offline)."""
-    from transformers import AutoTokenizer
-
     src = resolve_source(name_or_path)
     if src.format == "gguf":
         cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -43,10 +42,12 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathL
         tok = None
         if saved.is_dir():
             try:
-                tok = AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+                tok = _load_saved(saved)
             except Exception:  # a damaged cache entry: rebuild it below
                 tok = None
         if tok is None:
+            from transformers import AutoTokenizer
+
             try:
                 tok = AutoTokenizer.from_pretrained(
                     str(src.path.parent), gguf_file=src.path.name, local_files_only=True
@@ -59,6 +60,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathL
                 tok.chat_template = _gguf_chat_template(src.path)
             _save_atomic(tok, saved)
     else:
+        from transformers import AutoTokenizer
+
         try:
             tok = AutoTokenizer.from_pretrained(str(src.path), local_files_only=True)
         except Exception as e:
@@ -71,6 +74,23 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathL
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+def _load_saved(path: Path):
+    """Our cached copy of a GGUF's tokenizer, loaded by the class its config names.
+
+    Not through `AutoTokenizer`: importing that imports PyTorch (about 300 MB of resident memory in a
+    JAX process that never uses it). Other classes still go through `AutoTokenizer`.
+    """
+    import transformers
+
+    with open(path / "tokenizer_config.json", encoding="utf-8") as f:
+        name = json.load(f).get("tokenizer_class", "")
+    if name in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        cls = getattr(transformers, name)
+    else:
+        from transformers import AutoTokenizer as cls
+    return cls.from_pretrained(str(path), local_files_only=True)
 
 
 def _gguf_chat_template(path: Path) -> str | None:

@@ -603,6 +603,24 @@ def test_tokenizer_from_gguf_is_cached_left_padded_and_exports(tmp_path):
     assert [tok3(t).input_ids for t in texts] == [ref(t).input_ids for t in texts]
 
 
+def test_cached_tokenizer_does_not_import_torch(tmp_path):
+    """A JAX process that loads our cached tokenizer never pays PyTorch's import (~300 MB RSS)."""
+    import subprocess
+    import sys
+
+    from sycojax.models.tokenizer import load_tokenizer
+
+    p = tinycoder_gguf()
+    load_tokenizer(p, cache_dir=tmp_path / "c")  # builds and saves the cache entry
+    code = (
+        "import sys; from sycojax.models.tokenizer import load_tokenizer; "
+        f"tok = load_tokenizer({str(p)!r}, cache_dir={str(tmp_path / 'c')!r}); "
+        "print(type(tok).__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split()[-1] == "False", out.stdout
+
+
 def test_tokenizer_missing_in_hf_dir(tmp_path):
     from sycojax.models.tokenizer import load_tokenizer
 
