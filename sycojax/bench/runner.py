@@ -100,6 +100,16 @@ def agreement(a, b, how: str = "agree") -> float | None:
     return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
 
 
+# `Row` field of each per-side quantity (the JSON keeps its first-session names: JAX's share is `flops_share`).
+_ROW_FIELDS = {
+    side: dict(s=f"{side}_s", median_s=f"{side}_median_s", cpu_s=f"{side}_cpu_s", tokens_per_s=f"{side}_tokens_per_s",
+               rss="peak_rss_mb" if side == JAX else f"{side}_peak_rss_mb",
+               share="flops_share" if side == JAX else f"{side}_flops_share",
+               share_cpu="flops_share_cpu" if side == JAX else f"{side}_flops_share_cpu")
+    for side in (JAX, TORCH)
+}
+
+
 def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, float]]) -> Row:
     """`peaks[side] = (FLOP/s, FLOP per CPU-second)` of that side's matmul."""
     job = JOBS[name]
@@ -107,22 +117,18 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
     flop = job.flops(cfg, inputs) if job.flops is not None else None
     row = Row(name, tokens=tokens, gflop=None if flop is None else flop / 1e9)
     j, t = res.get(JAX), res.get(TORCH)
-    if j:
-        row.jax_s, row.jax_median_s, row.peak_rss_mb = j["min_s"], j["median_s"], j["peak_rss_mb"]
-        row.jax_cpu_s = j["cpu_min_s"]
+    for side, r in ((JAX, j), (TORCH, t)):
+        if not r:
+            continue
+        names = _ROW_FIELDS[side]
+        values = {"s": r["min_s"], "median_s": r["median_s"], "cpu_s": r["cpu_min_s"], "rss": r["peak_rss_mb"]}
         if tokens is not None:
-            row.jax_tokens_per_s = tokens / j["min_s"]
+            values["tokens_per_s"] = tokens / r["min_s"]
         if flop is not None:
-            row.flops_share = flop / j["min_s"] / peaks[JAX][0]
-            row.flops_share_cpu = flop / j["cpu_min_s"] / peaks[JAX][1]
-    if t:
-        row.torch_s, row.torch_median_s, row.torch_peak_rss_mb = t["min_s"], t["median_s"], t["peak_rss_mb"]
-        row.torch_cpu_s = t["cpu_min_s"]
-        if tokens is not None:
-            row.torch_tokens_per_s = tokens / t["min_s"]
-        if flop is not None:
-            row.torch_flops_share = flop / t["min_s"] / peaks[TORCH][0]
-            row.torch_flops_share_cpu = flop / t["cpu_min_s"] / peaks[TORCH][1]
+            values["share"] = flop / r["min_s"] / peaks[side][0]
+            values["share_cpu"] = flop / r["cpu_min_s"] / peaks[side][1]
+        for key, value in values.items():
+            setattr(row, names[key], value)
     if j and t:
         row.ratio = t["min_s"] / j["min_s"]
         row.cpu_ratio = t["cpu_min_s"] / j["cpu_min_s"]
