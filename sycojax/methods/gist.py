@@ -108,7 +108,7 @@ class GistSpec:
     lora: LoraConfig = LoraConfig(rank=16, alpha=32.0, targets=("all",))
     fmt: str = "chatml"  # chatml | bare
     max_length: int = 256
-    remat: bool = False
+    remat: bool | str = False  # forward(remat=...): False | True ("full") | "dots"
 
     def __post_init__(self):
         if self.condition not in GIST_CONDITIONS:
@@ -135,7 +135,7 @@ class GistSpec:
         return cls(
             condition=str(m["condition"]), num_gist_tokens=int(m["num_gist_tokens"]), train_base=str(m["train_base"]),
             lora=LoraConfig(rank=int(m["lora_rank"]), alpha=float(m["lora_alpha"]), targets=targets),
-            fmt=str(d["fmt"]), max_length=int(d["max_length"]), remat=bool(m.get("remat", False)),
+            fmt=str(d["fmt"]), max_length=int(d["max_length"]), remat=m.get("remat", False),
         )
 
 
@@ -192,7 +192,7 @@ def lora_bytes(cfg: ModelConfig, rank: int, targets: Sequence[str] = ("all",), i
 
 def completion_nll(
     params: dict, adapters: Adapters, batch: Mapping[str, Any], *, cfg: ModelConfig, gist_id: int, condition: str,
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> tuple[jax.Array, jax.Array]:
     """`(Σ nll over completion tokens, number of completion tokens)` of a left-padded batch under `condition`.
 

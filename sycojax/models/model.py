@@ -207,6 +207,21 @@ def restack_cache(layers: list[dict]) -> dict:
     return {"k": jnp.stack([k for k, _ in per_layer]), "v": jnp.stack([v for _, v in per_layer])}
 
 
+# `forward(remat=...)`: what each block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(remat: bool | str):
+    """The `jax.checkpoint` policy for `forward(remat=...)` (True means "full")."""
+    name = "full" if remat is True else remat
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat {remat!r}; use False, True or one of {sorted(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
+
+
 def forward(
     params: dict,
     tokens: Int[Array, "b t"] | None,
@@ -222,7 +237,7 @@ def forward(
     return_logits: bool = True,
     compute_dtype=None,
     attn_impl: str = "xla",
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> Output:
     """Run the model.
 
@@ -235,7 +250,9 @@ def forward(
       return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed).
       return_logits: False skips the LM head (losses that chunk over the vocabulary read `final_hidden`).
       compute_dtype: matmul dtype (None: the params' dtype); norms/softmax/RoPE stay fp32.
-      remat: rematerialise each block in the backward pass (`jax.checkpoint`), trading compute for memory.
+      remat: rematerialise each block in the backward pass (`jax.checkpoint`), trading compute for memory:
+        False stores every residual; True / "full" recomputes the whole block; "dots" keeps the matmul
+        outputs (projections, MLP) and recomputes attention scores, softmax and elementwise ops (`REMAT_POLICIES`).
     """
     adapters = adapters if adapters is not None else Adapters()
     block, root = _BLOCKS[cfg.arch]
@@ -258,7 +275,7 @@ def forward(
         return h, (kv, h if return_hidden else None)
 
     if remat:
-        step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
+        step = jax.checkpoint(step, policy=remat_policy(remat))
     h_in = h
     if unstacked:  # unstacked (see `unstack_layers`): a Python loop over layers
         new_cache, hs = ([] if cache is not None else None), []

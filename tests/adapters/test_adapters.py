@@ -115,3 +115,32 @@ def test_lora_gradients_through_the_model_with_a_gate(tiny_llama):
     minus = loss(jax.tree.map(lambda p, d: p - eps * d, lora, direction))
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
     np.testing.assert_allclose((plus - minus) / (2 * eps), analytic, rtol=2e-2)
+
+
+@pytest.mark.parametrize("remat", [True, "full", "dots"])
+def test_remat_policies_give_the_same_gradients(tiny_llama, remat):
+    """Rematerialising blocks (`forward(remat=...)`) changes what is stored, never the loss or its gradient."""
+    cfg, params = tiny_llama
+    lc = LoraConfig(rank=2, alpha=4, targets=("all",))
+    lora = _randomise_b(init_lora(params, cfg, lc, jax.random.key(1)), jax.random.key(2))
+    ids = jnp.asarray(np.random.RandomState(1).randint(3, cfg.vocab_size, (2, 7)))
+    valid = jnp.ones(ids.shape, bool)
+
+    def loss(lo, remat):
+        out = forward(params, ids, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
+                      adapters=Adapters(lora=lo, lora_scale=lc.scale), remat=remat).logits
+        return jnp.mean(jax.nn.logsumexp(out, -1) - out[..., 5])
+
+    ref_loss, ref = jax.value_and_grad(loss)(lora, False)
+    got_loss, got = jax.jit(jax.value_and_grad(loss), static_argnums=1)(lora, remat)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_remat_policy_is_a_clear_error(tiny_llama):
+    cfg, params = tiny_llama
+    ids = jnp.zeros((1, 3), jnp.int32)
+    with pytest.raises(ValueError, match="unknown remat 'dot'.*'dots'"):
+        forward(params, ids, cfg=cfg, positions=positions_from_valid(jnp.ones((1, 3), bool)),
+                mask=causal_padding(jnp.ones((1, 3), bool)), remat="dot")
