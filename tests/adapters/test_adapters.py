@@ -8,10 +8,10 @@ from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.models import Adapters, forward
 
 
-def _run(params, cfg, ids, adapters=None):
+def _run(params, cfg, ids, adapters=None, **kw):
     valid = jnp.ones(ids.shape, bool)
     return forward(params, ids, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
-                   adapters=adapters).logits
+                   adapters=adapters, **kw).logits
 
 
 def _randomise_b(lora, key):
@@ -124,11 +124,9 @@ def test_remat_policies_give_the_same_gradients(tiny_llama, remat):
     lc = LoraConfig(rank=2, alpha=4, targets=("all",))
     lora = _randomise_b(init_lora(params, cfg, lc, jax.random.key(1)), jax.random.key(2))
     ids = jnp.asarray(np.random.RandomState(1).randint(3, cfg.vocab_size, (2, 7)))
-    valid = jnp.ones(ids.shape, bool)
 
     def loss(lo, remat):
-        out = forward(params, ids, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
-                      adapters=Adapters(lora=lo, lora_scale=lc.scale), remat=remat).logits
+        out = _run(params, cfg, ids, Adapters(lora=lo, lora_scale=lc.scale), remat=remat)
         return jnp.mean(jax.nn.logsumexp(out, -1) - out[..., 5])
 
     ref_loss, ref = jax.value_and_grad(loss)(lora, False)
@@ -140,7 +138,5 @@ def test_remat_policies_give_the_same_gradients(tiny_llama, remat):
 
 def test_unknown_remat_policy_is_a_clear_error(tiny_llama):
     cfg, params = tiny_llama
-    ids = jnp.zeros((1, 3), jnp.int32)
     with pytest.raises(ValueError, match="unknown remat 'dot'.*'dots'"):
-        forward(params, ids, cfg=cfg, positions=positions_from_valid(jnp.ones((1, 3), bool)),
-                mask=causal_padding(jnp.ones((1, 3), bool)), remat="dot")
+        _run(params, cfg, jnp.zeros((1, 3), jnp.int32), remat="dot")
