@@ -181,9 +181,10 @@ def attention_kv_major(
     """`attention` with keys and values already head-major (`k_t = kᵀ` per head): what a decoding cache
     stores (`unstack_cache`), so that no step transposes the whole cache.
 
-    Layout chosen for XLA:CPU (measured per layer vs the plain einsum: forward ~1.7x, forward+backward ~1.2x faster): queries as
-    (b, m, g·t, h) so both products are plain batched matmuls with no transposed (t × s) copies, and the
-    softmax normalisation applied to the (t × h) output instead of the (t × s) probabilities.
+    Layout chosen for XLA:CPU (measured per layer vs the plain einsum: forward ~1.7x, forward+backward
+    ~1.2x faster): queries as (b, m, g·t, h) so both products are plain batched matmuls with no transposed
+    (t × s) copies, and the softmax normalisation applied to the (t × h) output instead of the (t × s)
+    probabilities.
     """
     b, t, n, h = q.shape
     m, s = k_t.shape[1], k_t.shape[3]
