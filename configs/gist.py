@@ -4,7 +4,7 @@
         --config.method.num_gist_tokens=1 --config.workdir=checkpoints/gist/gist_k1
 
 Each condition (gist | pos_control | neg_control) is its own run, as in the paper. The recipe follows the
-PyTorch + PEFT reference run of issue 5 (LoRA r=16 on all linear layers, lr 3e-4, batch 4); upstream
+PyTorch + PEFT reference run of issue 5 (LoRA r=16 on all linear layers, batch 4) except lr: 1e-3, not 3e-4; upstream
 trained LLaMA-7B fully (lr 2e-5, cosine, 3% warmup, batch 128, 3 epochs) — `method.train_base="full"`.
 """
 
@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     c.workdir = ""  # default: checkpoints/gist/<condition>_k<k>
-    c.optim.lr = 3e-4
+    c.optim.lr = 1e-3  # beat 3e-4 at 460 steps on both ROUGE-L and loss gap (README, results/gist_eval_h100_*.json)
     c.optim.schedule = "cosine"
     c.optim.warmup_frac = 0.03
     c.optim.weight_decay = 0.0

@@ -270,4 +270,4 @@ def test_checked_in_config_loads():
     spec = G.GistSpec.from_config(c)
     assert (spec.condition, spec.num_gist_tokens, spec.train_base, spec.fmt) == ("gist", 1, "lora", "chatml")
     assert spec.lora == LoraConfig(rank=16, alpha=32.0, targets=("all",))
-    assert isinstance(c.data, ml_collections.ConfigDict) and c.optim.lr == 3e-4
+    assert isinstance(c.data, ml_collections.ConfigDict) and c.optim.lr == 1e-3
