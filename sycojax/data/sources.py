@@ -57,8 +57,12 @@ def package_file(package: str, relpath: str, root: str | os.PathLike | None = No
 
 
 def cache_dir() -> Path:
-    """Parse cache: `$SYCOJAX_CACHE`, else `<repo>/.cache/sycojax` in a checkout, else `~/.cache/sycojax`."""
-    env = os.environ.get("SYCOJAX_CACHE")
+    """Parse cache: `$SYCOJAX_DATA_CACHE_DIR`, else `<repo>/.cache/sycojax` in a checkout, else `~/.cache/sycojax`.
+
+    (The converted-weights cache is separate: `$SYCOJAX_CACHE_DIR`, see `sycojax.models.loading.default_cache_dir`.
+    The old name `$SYCOJAX_CACHE` is still read when the new one is unset.)
+    """
+    env = os.environ.get("SYCOJAX_DATA_CACHE_DIR") or os.environ.get("SYCOJAX_CACHE")
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ def root():
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Every data test gets its own empty parse cache (SYCOJAX_CACHE)."""
+    """Every data test gets its own empty parse cache (SYCOJAX_DATA_CACHE_DIR)."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv("SYCOJAX_CACHE", str(cache))
+    monkeypatch.delenv("SYCOJAX_CACHE", raising=False)
+    monkeypatch.setenv("SYCOJAX_DATA_CACHE_DIR", str(cache))
     return cache

@@ -96,6 +96,16 @@ def test_sharegpt_cache_is_used_and_keyed_by_settings(root, private_cache, monke
         load_sharegpt_pairs(root=root, max_output_chars=100)  # other settings: another cache entry
 
 
+def test_parse_cache_dir_env(tmp_path, monkeypatch):
+    from sycojax.data.sources import cache_dir
+
+    monkeypatch.delenv("SYCOJAX_DATA_CACHE_DIR")
+    monkeypatch.setenv("SYCOJAX_CACHE", str(tmp_path / "old"))  # the old name still works...
+    assert cache_dir() == tmp_path / "old"
+    monkeypatch.setenv("SYCOJAX_DATA_CACHE_DIR", str(tmp_path / "new"))  # ...and the new one wins
+    assert cache_dir() == tmp_path / "new"
+
+
 def test_sharegpt_empty_after_filters(root):
     with pytest.raises(EmptyDatasetError, match="ShareGPT"):
         load_sharegpt_pairs(root=root, min_instruction_chars=100_000, max_instruction_chars=200_000)
