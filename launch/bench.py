@@ -34,7 +34,8 @@ _JOBS = flags.DEFINE_list("jobs", list(JOBS), f"jobs to run, in order; known: {'
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per side (after warm-up); min and median are reported")
 _JSON = flags.DEFINE_string("json", None, "write the rows (and run metadata) to this JSON file")
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "which implementations to run (jax, torch)")
-_TIMEOUT = flags.DEFINE_integer("timeout", 1800, "seconds before one side of one job is abandoned (its row shows the error)")
+_TIMEOUT = flags.DEFINE_integer("timeout", 1800,
+                                "seconds before one side of one job is abandoned (its row shows the error)")
 
 
 def main(argv: list[str]) -> None:
@@ -53,9 +54,11 @@ def main(argv: list[str]) -> None:
     print()
     print(runner.format_table(out["rows"]))
     m = out["meta"]
-    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s ({m['jax_peak_gflop_per_cpu_s']:.1f} per CPU-s), "
-          f"PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s ({m['torch_peak_gflop_per_cpu_s']:.1f} per CPU-s); "
-          f"{m['threads']} threads; {m['repeats']} repeats; total {m['total_s']:.0f}s")
+    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s "
+          f"({m['jax_peak_gflop_per_cpu_s']:.1f} per CPU-s), PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s "
+          f"({m['torch_peak_gflop_per_cpu_s']:.1f} per CPU-s); read bandwidth JAX {m['jax_read_gbps']:.1f} GB/s, "
+          f"PyTorch {m['torch_read_gbps']:.1f} GB/s; {m['threads']} threads; {m['repeats']} repeats; "
+          f"total {m['total_s']:.0f}s")
     if _JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
         with open(_JSON.value, "w") as f:

@@ -7,6 +7,11 @@ count is what the job needs, not what a particular implementation happens to com
 that scores masked-out keys does extra work that is not counted). Norms, RoPE, softmax and
 elementwise ops are left out (a few % here).
 
+Bytes (`generate_bytes`): a lower bound on the memory traffic of decoding, for the weight-streaming
+floor of the generate rows. Each forward call reads every weight once (the head's `V × D` matrix included;
+the input embedding only as `B` gathered rows, counted as zero) and each new token's attention reads the
+keys and values it sees. Activations, logits and writes are left out.
+
 Training: the backward pass costs 1× the forward for activation gradients plus 1× for weight
 gradients where the base weights train (full fine-tuning); with a frozen base (LoRA, memory
 tokens) only the activation gradients and the adapters' small weight gradients are added.
@@ -76,3 +81,21 @@ def lora_io_per_token(cfg: ModelConfig) -> int:
     layers = param_shapes(cfg)[root]["layers"]
     paths = jax.tree.flatten_with_path(layers, is_leaf=_is_shape)[0]
     return int(sum(s[0] * (s[1] + s[2]) for p, s in paths if p[-1].key == "weight" and len(s) == 3))
+
+
+def weight_bytes(cfg: ModelConfig, itemsize: int = 4) -> int:
+    """Bytes of the weights one forward call reads: every parameter except an untied input embedding
+    (gathered by rows; a tied table is read whole by the LM head)."""
+    leaves = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=_is_shape)[0]
+    skip = () if cfg.tie_word_embeddings else tuple(cfg.embed_path)
+    n = sum(math.prod(s) for p, s in leaves if tuple(k.key for k in p) != skip)
+    return int(n * itemsize)
+
+
+def generate_bytes(cfg: ModelConfig, prompt_lengths, new_tokens: int, itemsize: int = 4) -> float:
+    """Lower bound on the bytes read by `generate_flops`' work when the prompts decode as ONE batch:
+    `new_tokens` forward calls (one prefill + `new_tokens - 1` steps) each read the weights once, and
+    every decoded token reads the K/V of the positions it sees (all layers)."""
+    kv_per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+    kv = sum(kv_per_position * (p + i) for p in np.asarray(prompt_lengths).tolist() for i in range(1, new_tokens))
+    return float(new_tokens * weight_bytes(cfg, itemsize) + kv)

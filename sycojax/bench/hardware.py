@@ -10,6 +10,12 @@ The same runs also give FLOP per CPU-second (process CPU time, all threads): a j
 `flops_share_cpu` divides its FLOP per CPU-second by that. Where other processes share the cores,
 wall-clock shares mostly measure the contention; the CPU-time share measures our code.
 
+**Read bandwidth.** `jax_read_bandwidth()` / `torch_read_bandwidth()` time a sum over a 512 MiB fp32
+array (min over repeats): bytes read per second from memory, with all threads. A generate row's
+`bw_floor_s` is its `flops.generate_bytes` over the larger of the two: the time that merely streaming
+the weights (and the K/V read) from memory takes, which no decoding loop in fp32 can beat; `bw_share`
+is that floor over the measured time.
+
 **Peak RSS.** Each benchmark job runs in its own fresh process (one framework imported); the
 process reports `peak_rss_mb()` at its end: the kernel's high-water mark of resident memory
 (`VmHWM` from `/proc/self/status`, or `ru_maxrss` where /proc is missing). It covers the whole
@@ -25,6 +31,7 @@ import sys
 from sycojax.bench.timing import time_fn
 
 PEAK_SIZES = (1024, 2048)
+BANDWIDTH_BYTES = 512 * 2**20  # far larger than any cache
 
 
 def cpu_count() -> int:
@@ -64,6 +71,27 @@ def torch_matmul_peak(sizes=PEAK_SIZES, repeats: int = 5) -> tuple[float, float]
     return best, best_cpu
 
 
+def jax_read_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Best bytes/s of a jitted fp32 sum over `nbytes` (a streaming read)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    t = time_fn(lambda: total(x), repeats=repeats, warmup=2)
+    return nbytes / t.min_s
+
+
+def torch_read_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Best bytes/s of `torch.sum` over `nbytes` of fp32 (with the current `torch.get_num_threads()`)."""
+    import torch
+
+    x = torch.ones(nbytes // 4)
+    with torch.inference_mode():
+        t = time_fn(lambda: torch.sum(x), repeats=repeats, warmup=2, sync=lambda y: y)
+    return nbytes / t.min_s
+
+
 def peak_rss_mb() -> float:
     """High-water mark of this process's resident memory, in MiB."""
     try:
@@ -77,14 +105,14 @@ def peak_rss_mb() -> float:
     return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, kB on Linux
 
 
-if __name__ == "__main__":  # python -m sycojax.bench.hardware jax|torch THREADS  -> prints "FLOP/s FLOP/CPU-s"
+if __name__ == "__main__":  # python -m sycojax.bench.hardware jax|torch THREADS -> "FLOP/s FLOP/CPU-s read-bytes/s"
     side, threads = sys.argv[1], int(sys.argv[2])
     if side == "torch":
         import torch
 
         torch.set_num_threads(threads)
-        print(*torch_matmul_peak())
+        print(*torch_matmul_peak(), torch_read_bandwidth())
     elif side == "jax":
-        print(*jax_matmul_peak())
+        print(*jax_matmul_peak(), jax_read_bandwidth())
     else:
         sys.exit(f"unknown side {side!r}: jax or torch")

@@ -49,12 +49,14 @@ class Job:
     doc: str = ""
     prepare: Callable[[str], Any] | None = None  # model name -> JSON inputs computed once by the parent (ctx.shared)
     order: tuple[str, ...] | None = None  # sides in this order (later ones see ctx.prior); None: as requested
+    bytes: Callable[[Any, Inputs], float] | None = None  # (cfg, inputs) -> lower bound on bytes read; None: no floor
 
 
 JOBS: dict[str, Job] = {}
 
 
-def job(name: str, *, tokens, flops, compare: str = "agree", prepare=None, order: tuple[str, ...] | None = None):
+def job(name: str, *, tokens, flops, compare: str = "agree", prepare=None, order: tuple[str, ...] | None = None,
+        bytes=None):
     """Register `fn(side, ctx) -> Workload` as the benchmark row `name`."""
     if order is not None and sorted(order) != sorted(SIDES):
         raise ValueError(f"job {name!r}: order must list each of {SIDES} once, got {order}")
@@ -63,7 +65,7 @@ def job(name: str, *, tokens, flops, compare: str = "agree", prepare=None, order
         if name in JOBS:
             raise ValueError(f"benchmark job {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0]
-        JOBS[name] = Job(name, fn, tokens, flops, compare, doc, prepare, tuple(order) if order else None)
+        JOBS[name] = Job(name, fn, tokens, flops, compare, doc, prepare, tuple(order) if order else None, bytes)
         return fn
 
     return deco
@@ -96,7 +98,8 @@ def forward(side: str, ctx: Context) -> Workload:
         @jax.jit
         def fwd(params, tokens):
             valid = jnp.ones(tokens.shape, bool)
-            out = model_forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid))
+            out = model_forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid),
+                                mask=causal_padding(valid))
             return out.logits
 
         return Workload(lambda: fwd(params, tokens), check=lambda lg: jnp.argmax(lg, -1).ravel().tolist())
@@ -123,6 +126,9 @@ def _generate_job(batch: int):
 
     def flops(cfg, inp: Inputs) -> float:
         return _flops().generate_flops(cfg, [len(p) for p in inp.prompts[:batch]], NEW_TOKENS)
+
+    def nbytes(cfg, inp: Inputs) -> float:
+        return _flops().generate_bytes(cfg, [len(p) for p in inp.prompts[:batch]], NEW_TOKENS)
 
     def build(side: str, ctx: Context) -> Workload:
         prompts = ctx.inputs.prompts[:batch]
@@ -160,7 +166,7 @@ def _generate_job(batch: int):
         return Workload(run, check=lambda out: out.ravel().tolist())
 
     build.__doc__ = f"Greedy generation, batch {batch}, {NEW_TOKENS} new tokens (no EOS stop), chat prompts."
-    return job(f"generate_b{batch}", tokens=tokens, flops=flops)(build)
+    return job(f"generate_b{batch}", tokens=tokens, flops=flops, bytes=nbytes)(build)
 
 
 generate_b1 = _generate_job(1)
@@ -312,8 +318,10 @@ def _train_job(kind: str, doc: str):
     return job(f"{kind}_step", tokens=lambda inp: TRAIN_B * TRAIN_T, flops=flops, compare="close")(build)
 
 
-lora_step = _train_job("lora", "LoRA train step (r=8, α=16, all linear layers), B=4 × T=256, KL to fixed logits, AdamW.")
-memory_step = _train_job("memory", "Memory-token train step (8 trained embeddings, base frozen), B=4 × T=256, KL, AdamW.")
+lora_step = _train_job("lora", "LoRA train step (r=8, α=16, all linear layers), B=4 × T=256, KL to fixed logits, "
+                                "AdamW.")
+memory_step = _train_job("memory", "Memory-token train step (8 trained embeddings, base frozen), B=4 × T=256, KL, "
+                                    "AdamW.")
 full_step = _train_job("full", "Full fine-tuning step (every weight, AdamW), B=4 × T=256, KL to fixed logits.")
 
 

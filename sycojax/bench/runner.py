@@ -1,14 +1,16 @@
 """The parent side of `launch/bench.py`: prepare shared inputs, run each job's sides in fresh
-processes, measure the matmul peaks, and assemble the rows of the table.
+processes, measure the matmul peaks and read bandwidth, and assemble the rows of the table.
 
 Row fields (also the `--json` output): `name`, `jax_s` / `torch_s` (min seconds of one repetition),
 `jax_median_s` / `torch_median_s`, `ratio = torch_s / jax_s` (> 1: ours is faster),
 `jax_tokens_per_s` / `torch_tokens_per_s`, `flops_share` (our model FLOP/s over the JAX matmul
-peak), `torch_flops_share` (theirs over the PyTorch matmul peak), `peak_rss_mb` / `torch_peak_rss_mb`
-(each side's worker process), `flops_share_cpu` / `torch_flops_share_cpu` (the same per CPU-second,
-see `hardware`), `agree` (share of equal check items: argmax tokens, generated tokens;
-for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` / `cpu_ratio` (process CPU
-time, all threads: the figure to trust when other jobs share the cores), `extra` (the job's own
+peak), `torch_flops_share` (theirs over the PyTorch matmul peak), for jobs with a byte count (generation)
+`gbytes` (lower bound on GB read), `bw_floor_s` (those bytes at the machine's measured read bandwidth:
+no implementation can be faster) and `bw_share` / `torch_bw_share` (that floor over each side's time),
+`peak_rss_mb` / `torch_peak_rss_mb` (each side's worker process), `flops_share_cpu` /
+`torch_flops_share_cpu` (the same per CPU-second, see `hardware`), `agree` (share of equal check items:
+argmax tokens, generated tokens; for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` /
+`cpu_ratio` (process CPU time, all threads: the figure to trust when other jobs share the cores), `extra` (the job's own
 named figures from both sides, e.g. `consolidate_e2e`'s KL target and the steps ours took to reach it).
 A job without a token or FLOP count (`consolidate_e2e`) leaves the tok/s and %peak fields None.
 
@@ -55,6 +57,10 @@ class Row:
     torch_flops_share_cpu: float | None = None
     tokens: int | None = None
     gflop: float | None = None
+    gbytes: float | None = None  # lower bound on GB read per repetition (`Job.bytes`)
+    bw_floor_s: float | None = None  # gbytes at the measured read bandwidth (the faster side's)
+    bw_share: float | None = None  # bw_floor_s / jax_s
+    torch_bw_share: float | None = None
     extra: dict | None = None  # the job's named figures (`Workload.info`) from both sides
     error: str | None = None
 
@@ -105,17 +111,22 @@ _ROW_FIELDS = {
     side: dict(s=f"{side}_s", median_s=f"{side}_median_s", cpu_s=f"{side}_cpu_s", tokens_per_s=f"{side}_tokens_per_s",
                rss="peak_rss_mb" if side == JAX else f"{side}_peak_rss_mb",
                share="flops_share" if side == JAX else f"{side}_flops_share",
-               share_cpu="flops_share_cpu" if side == JAX else f"{side}_flops_share_cpu")
+               share_cpu="flops_share_cpu" if side == JAX else f"{side}_flops_share_cpu",
+               bw_share="bw_share" if side == JAX else f"{side}_bw_share")
     for side in (JAX, TORCH)
 }
 
 
-def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, float]]) -> Row:
-    """`peaks[side] = (FLOP/s, FLOP per CPU-second)` of that side's matmul."""
+def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, ...]]) -> Row:
+    """`peaks[side] = (FLOP/s, FLOP per CPU-second, read bytes/s)` of that side's matmul and memory read."""
     job = JOBS[name]
     tokens = job.tokens(inputs) if job.tokens is not None else None
     flop = job.flops(cfg, inputs) if job.flops is not None else None
+    nbytes = job.bytes(cfg, inputs) if job.bytes is not None else None
     row = Row(name, tokens=tokens, gflop=None if flop is None else flop / 1e9)
+    if nbytes is not None:
+        row.gbytes = nbytes / 1e9
+        row.bw_floor_s = nbytes / max(p[2] for p in peaks.values())
     j, t = res.get(JAX), res.get(TORCH)
     for side, r in ((JAX, j), (TORCH, t)):
         if not r:
@@ -127,6 +138,8 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
         if flop is not None:
             values["share"] = flop / r["min_s"] / peaks[side][0]
             values["share_cpu"] = flop / r["cpu_min_s"] / peaks[side][1]
+        if row.bw_floor_s is not None:
+            values["bw_share"] = row.bw_floor_s / r["min_s"]
         for key, value in values.items():
             setattr(row, names[key], value)
     if j and t:
@@ -144,15 +157,15 @@ def side_order(name: str, sides: Sequence[str]) -> list[str]:
     return list(sides) if order is None else [s for s in order if s in sides]
 
 
-def measure_peaks(threads: int) -> dict[str, tuple[float, float]]:
-    """fp32 matmul `(FLOP/s, FLOP per CPU-second)`, each side in its own process like the jobs."""
+def measure_peaks(threads: int) -> dict[str, tuple[float, float, float]]:
+    """fp32 matmul `(FLOP/s, FLOP per CPU-second)` and read bandwidth (bytes/s), each side in its own
+    process like the jobs."""
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     out = {}
     for side in (JAX, TORCH):
         p = subprocess.run([sys.executable, "-m", "sycojax.bench.hardware", side, str(threads)],
                            capture_output=True, text=True, env=env, check=True)
-        wall, cpu = p.stdout.strip().splitlines()[-1].split()
-        out[side] = (float(wall), float(cpu))
+        out[side] = tuple(float(x) for x in p.stdout.strip().splitlines()[-1].split())
     return out
 
 
@@ -168,7 +181,8 @@ def run_jobs(
     log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
     peaks = measure_peaks(ctx.threads)
     log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
-        f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads")
+        f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads; "
+        f"read bandwidth JAX {peaks[JAX][2] / 1e9:.1f} GB/s, PyTorch {peaks[TORCH][2] / 1e9:.1f} GB/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -186,7 +200,8 @@ def run_jobs(
                     continue
                 r = res[side]
                 log(f"  {name}/{side}: min {r['min_s']:.3f}s median {r['median_s']:.3f}s cpu {r['cpu_min_s']:.3f}s "
-                    f"(first call {r['first_s']:.1f}s, setup {r['setup_s']:.1f}s, worker {time.perf_counter() - ts:.0f}s)")
+                    f"(first call {r['first_s']:.1f}s, setup {r['setup_s']:.1f}s, "
+                    f"worker {time.perf_counter() - ts:.0f}s)")
                 if r.get("info"):
                     log(f"    {format_extra(r['info'])}")
             row = make_row(name, cfg, ctx.inputs, res, peaks)
@@ -196,6 +211,7 @@ def run_jobs(
         "model": ctx.model, "threads": ctx.threads, "repeats": repeats, "total_s": time.perf_counter() - t0,
         "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
         "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,
+        "jax_read_gbps": peaks[JAX][2] / 1e9, "torch_read_gbps": peaks[TORCH][2] / 1e9,
     }
     return {"rows": rows, "peaks": peaks, "meta": meta}
 
@@ -205,22 +221,29 @@ def format_table(rows: Sequence[Row]) -> str:
         return "-" if x is None else format(x, fmt)
 
     head = ("job", "jax min/med s", "torch min/med s", "ratio", "cpu ratio", "jax tok/s", "torch tok/s",
-            "jax %peak", "torch %peak", "jax %peak cpu", "torch %peak cpu", "jax RSS MB", "torch RSS MB", "agree")
+            "jax %peak", "torch %peak", "jax %peak cpu", "torch %peak cpu", "jax %bw", "torch %bw", "jax RSS MB",
+            "torch RSS MB", "agree")
     lines = [head]
     for r in rows:
         lines.append((
-            r.name, f"{f(r.jax_s, '.3f')}/{f(r.jax_median_s, '.3f')}", f"{f(r.torch_s, '.3f')}/{f(r.torch_median_s, '.3f')}",
+            r.name, f"{f(r.jax_s, '.3f')}/{f(r.jax_median_s, '.3f')}",
+            f"{f(r.torch_s, '.3f')}/{f(r.torch_median_s, '.3f')}",
             f(r.ratio, ".2f") + ("x" if r.ratio else ""), f(r.cpu_ratio, ".2f") + ("x" if r.cpu_ratio else ""),
             f(r.jax_tokens_per_s, ".0f"), f(r.torch_tokens_per_s, ".0f"),
-            f(r.flops_share and 100 * r.flops_share, ".0f"), f(r.torch_flops_share and 100 * r.torch_flops_share, ".0f"),
+            f(r.flops_share and 100 * r.flops_share, ".0f"),
+            f(r.torch_flops_share and 100 * r.torch_flops_share, ".0f"),
             f(r.flops_share_cpu and 100 * r.flops_share_cpu, ".0f"),
             f(r.torch_flops_share_cpu and 100 * r.torch_flops_share_cpu, ".0f"),
+            f(r.bw_share and 100 * r.bw_share, ".0f"), f(r.torch_bw_share and 100 * r.torch_bw_share, ".0f"),
             f(r.peak_rss_mb, ".0f"), f(r.torch_peak_rss_mb, ".0f"), f(r.agree, ".3f"),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     notes = [f"{r.name}: {format_extra(r.extra)}" for r in rows if r.extra]
+    notes += [f"{r.name}: reads >= {r.gbytes:.1f} GB, {r.bw_floor_s:.2f}s at the measured read bandwidth"
+              + (f"; the fastest possible ratio vs PyTorch is {r.torch_s / r.bw_floor_s:.2f}x" if r.torch_s else "")
+              for r in rows if r.bw_floor_s]
     return "\n".join(out + ([""] + notes if notes else []))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sycojax.bench import flops
-from sycojax.bench.hardware import jax_matmul_peak, peak_rss_mb
+from sycojax.bench.hardware import jax_matmul_peak, jax_read_bandwidth, peak_rss_mb
 from sycojax.bench.jobs import JOBS, job
 from sycojax.bench.runner import Row, agreement, format_table
 from sycojax.bench.timing import time_fn
@@ -25,7 +25,8 @@ def test_time_fn_excludes_warmup_and_reports_min_median():
 
 def test_forward_flops_formula(tiny_llama):
     cfg, _ = tiny_llama
-    d, f, hq, hkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    hq, hkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     per_layer = d * hq + 2 * d * hkv + hq * d + 3 * d * f
     assert flops.linear_macs_per_token(cfg) == cfg.num_layers * per_layer
     b, t = 2, 5
@@ -44,12 +45,27 @@ def test_generate_flops_equals_one_causal_pass(tiny_llama):
     assert flops.generate_flops(cfg, [p, p], n) == pytest.approx(2 * one_pass)
 
 
+def test_generate_bytes(tiny_llama):
+    """Weights once per forward call (the tied table whole, read by the head) + the K/V each new token sees."""
+    cfg, _ = tiny_llama
+    d, f, v, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+    hq, hkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_layer = d * hq + 2 * d * hkv + hq * d + 3 * d * f + 2 * d  # linears + two RMSNorm weights
+    params = L * per_layer + d + v * d  # + final norm + embedding table (tied) or head (untied)
+    assert flops.weight_bytes(cfg) == 4 * params
+    p, n = 7, 5
+    kv = sum(2 * L * hkv * 4 * (p + i) for i in range(1, n))
+    assert flops.generate_bytes(cfg, [p], n) == n * 4 * params + kv
+    assert flops.generate_bytes(cfg, [p, p], n) == n * 4 * params + 2 * kv  # one batch: weights read once
+
+
 def test_train_flops(tiny_llama):
     cfg, _ = tiny_llama
     fwd = flops.forward_flops(cfg, 2, 8)
     assert flops.train_flops(cfg, 2, 8, base_trains=True) == 3 * fwd
     io = flops.lora_io_per_token(cfg)
-    d, f, hq, hkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    hq, hkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     assert io == cfg.num_layers * ((hq + d) + 2 * (hkv + d) + (d + hq) + 2 * (f + d) + (d + f))
     assert flops.train_flops(cfg, 2, 8, base_trains=False, adapter_params=8 * io) == 2 * fwd + 6 * 8 * io * 16
 
@@ -69,19 +85,24 @@ def test_agreement_and_table():
     table = format_table([Row("forward", jax_s=1.0, torch_s=2.0, ratio=2.0, agree=1.0), Row("generate_b1")])
     lines = table.splitlines()
     assert len(lines) == 4 and "2.00x" in lines[2] and lines[3].count("-") >= 10
+    gen = Row("generate_b1", jax_s=4.0, torch_s=6.0, gbytes=69.0, bw_floor_s=3.0, bw_share=0.75, torch_bw_share=0.5)
+    table = format_table([gen])
+    assert "| 75 " in table and "| 50 " in table and "fastest possible ratio vs PyTorch is 2.00x" in table
 
 
 def test_matmul_peak_and_rss_are_measured():
     wall, per_cpu_s = jax_matmul_peak(sizes=(128,), repeats=2)
     assert wall > 1e8 and per_cpu_s > 1e8  # > 0.1 GFLOP/s on anything
     assert 10 < peak_rss_mb() < 1e6
+    assert jax_read_bandwidth(nbytes=2**20, repeats=2) > 1e8  # > 0.1 GB/s on anything
 
 
 @pytest.mark.slow
 def test_bench_forward_jax_side_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "launch/bench.py"), "--jobs=forward", "--sides=jax", "--repeats=1", f"--json={out}"],
+        [sys.executable, str(REPO / "launch/bench.py"), "--jobs=forward", "--sides=jax", "--repeats=1",
+         f"--json={out}"],
         capture_output=True, text=True, cwd=REPO, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -141,7 +141,7 @@ def test_runner_runs_torch_first_hands_over_its_result_and_builds_the_row(monkey
 
     monkeypatch.setattr(runner, "prepare", fake_prepare)
     monkeypatch.setattr(runner, "run_side", fake_run_side)
-    monkeypatch.setattr(runner, "measure_peaks", lambda threads: {JAX: (1e9, 1e9), TORCH: (1e9, 1e9)})
+    monkeypatch.setattr(runner, "measure_peaks", lambda threads: {JAX: (1e9, 1e9, 1e10), TORCH: (1e9, 1e9, 1e10)})
     out = runner.run_jobs([E2E, "forward"], 1, log=lambda s: None)
     assert prepared == [E2E, "forward"]
     assert calls == [(E2E, TORCH, []), (E2E, JAX, [TORCH]), ("forward", JAX, []), ("forward", TORCH, [JAX])]
