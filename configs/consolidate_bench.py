@@ -11,7 +11,8 @@ bench.num_train_queries × bench.samples_per_query = training replies per contex
 bench.teacher_temperature / teacher_top_p); bench.num_eval_queries held-out queries (teacher greedy).
 bench.max_response_tokens: length of every reply (teacher, student, baseline). bench.topk: teacher
 log-probs kept per training position; bench.topk_tail: keep the teacher's remaining mass as one more class
-(False: renormalise over the top k, the first session's loss, which plateaus); bench.temperature: distillation temperature.
+(False: renormalise over the top k, the first session's loss, which plateaus); bench.temperature:
+distillation temperature.
 bench.gen_batch: rows per generation call (one compiled program per context); bench.target_batch:
 rows per teacher-target forward. bench.compile_cache: persistent XLA cache ("" = off).
 methods.<m>.lr / steps (+ sizes): the per-method hyper-parameters; the loop's batch size is train.batch_size.

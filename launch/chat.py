@@ -26,7 +26,8 @@ def main(argv):
         model = load_consolidated(F.adapter)
     except (ConsolidationError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"[{model.spec.method} adapter for {model.meta['model']}; context ({len(model.context)} chars) is NOT in the prompt]")
+    print(f"[{model.spec.method} adapter for {model.meta['model']}; "
+          f"context ({len(model.context)} chars) is NOT in the prompt]")
     prompts = [F.prompt] if F.prompt else None
     history: list[dict] = []
     while True:

@@ -33,7 +33,8 @@ flags.DEFINE_integer("num_instructions", 8, "instructions per split (each trains
 flags.DEFINE_integer("examples_per_instruction", 4, "evaluated examples per instruction (seen tasks have many)")
 flags.DEFINE_integer("num_examples", 100, "the pool: the first examples of each split, as eval_gist.py")
 flags.DEFINE_string("samples_json", None,
-                    "the gist eval's eval_outputs.json (every output; eval_samples.json has 3): pos_control outputs give rougeL_vs_pos")
+                    "the gist eval's eval_outputs.json (every output; eval_samples.json has 3): "
+                    "pos_control outputs give rougeL_vs_pos")
 flags.DEFINE_string("gist_workdir", None, "a gist run whose config gives model, data splits, fmt and max_length")
 flags.DEFINE_string("model", None, "base model (default: the gist run's, else configs/gist.py's)")
 flags.DEFINE_integer("max_new_tokens", 128, "greedy tokens per evaluated output")

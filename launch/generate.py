@@ -14,7 +14,8 @@ from sycojax.models import SequenceTooLong
 from sycojax.models.loading import LoadError, load_model
 from sycojax.models.tokenizer import chat_ids, load_tokenizer
 
-flags.DEFINE_string("model", "smollm2-135m-instruct", "model name (see sycojax.models.loading.KNOWN_MODELS), HF dir or .gguf")
+flags.DEFINE_string("model", "smollm2-135m-instruct",
+                    "model name (see sycojax.models.loading.KNOWN_MODELS), HF dir or .gguf")
 flags.DEFINE_string("prompt", None, "the user message", required=True)
 flags.DEFINE_string("system", None, "system message (default: the chat template's own)")
 flags.DEFINE_integer("max_new_tokens", 128, "maximum new tokens")

@@ -18,7 +18,8 @@ from sycojax.models.model import _get
 INITS = ("mean", "context")
 
 
-def init_memory(params: dict, cfg: ModelConfig, n: int, init: str = "mean", context_ids: Sequence[int] = ()) -> jnp.ndarray:
+def init_memory(params: dict, cfg: ModelConfig, n: int, init: str = "mean",
+                context_ids: Sequence[int] = ()) -> jnp.ndarray:
     """`(n, D)` rows: the mean of all embeddings, or the context's own token embeddings (cycled/averaged)."""
     if n < 1:
         raise ValueError(f"need at least one memory token, got n={n}")

@@ -189,7 +189,8 @@ def generate(
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else (eos or (0,))[0])
     nq = len(prefix) if prefix else 0
     longest = max(len(p) for p in prompts) if prompts else 0
-    check_length(cfg, nq + longest + max_new_tokens, f"a prompt of {nq + longest} tokens plus {max_new_tokens} new tokens")
+    check_length(cfg, nq + longest + max_new_tokens,
+                 f"a prompt of {nq + longest} tokens plus {max_new_tokens} new tokens")
     tokens, valid = left_pad(prompts, pad, bucket)
     if nq + tokens.shape[1] + max_new_tokens > cfg.max_position_embeddings:  # the bucket overshot: pad exactly
         tokens, valid = left_pad(prompts, pad, 1)

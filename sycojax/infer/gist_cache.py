@@ -363,7 +363,8 @@ def decode(
         raise GistCacheError(f"the cache holds {cache.batch} instructions but {len(inputs)} inputs were given")
     offset = np.asarray(cache.offset)
     longest = int(max(o + len(x) for o, x in zip(offset, inputs)))
-    check_length(cfg, longest + max_new_tokens, f"a gisted prompt of {longest} positions plus {max_new_tokens} new tokens")
+    check_length(cfg, longest + max_new_tokens,
+                 f"a gisted prompt of {longest} positions plus {max_new_tokens} new tokens")
     eos = tuple(int(e) for e in (cfg.eos_ids if eos_ids is None else eos_ids))
     pad = _pad_id(cfg, pad_id)
     tokens, valid = left_pad(inputs, pad, bucket)

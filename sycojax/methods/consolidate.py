@@ -280,12 +280,14 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
         "model": c.model.name, "base_hash": info.content_hash, "method": spec.method, "objective": spec.objective,
         "context_tokens": len(ctx_ids), "num_train_queries": len(train_q), "num_eval_queries": len(eval_q),
         "train_examples": int(arrays["tokens"].shape[0]), "steps": result.step,
-        "kl_before": kl_before, "kl_after": kl_after, "gap_closed": (kl_before - kl_after) / kl_before if kl_before else 0.0,
+        "kl_before": kl_before, "kl_after": kl_after,
+        "gap_closed": (kl_before - kl_after) / kl_before if kl_before else 0.0,
         "kl_curve": curve, "trainable_params": int(sum(x.size for x in jax.tree.leaves(trainable))),
         "trainable_bytes": sm.tree_bytes(trainable), "prefill_tokens_saved_per_query": float(teacher_len - student_len),
         "samples": samples, "timings_s": dict(timings, total=round(time.perf_counter() - t_start, 2)),
         "peak_rss_mb": round(peak_rss_mb(), 1),  # this process's high-water mark (load + teacher + training + eval)
-        "outputs": {"workdir": str(workdir), "adapter": str(workdir / "adapter"), "peft": str(peft_dir) if peft_dir else None,
+        "outputs": {"workdir": str(workdir), "adapter": str(workdir / "adapter"),
+                    "peft": str(peft_dir) if peft_dir else None,
                     "kl_curve": str(curve_png), "loss_curve": result.loss_curve, "metrics": result.metrics_path},
     }
     (workdir / REPORT).write_text(json.dumps(report, indent=2))

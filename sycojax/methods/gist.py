@@ -165,7 +165,8 @@ def split_trees(base: dict | None, trainable: Mapping[str, Any], spec: GistSpec)
     return base, Adapters(lora=trainable["lora"], embeddings=trainable["gist"], lora_scale=spec.lora.scale)
 
 
-def serving_trees(base: dict | None, trainable: Mapping[str, Any], cfg: ModelConfig, spec: GistSpec) -> tuple[dict, Adapters]:
+def serving_trees(base: dict | None, trainable: Mapping[str, Any], cfg: ModelConfig,
+                  spec: GistSpec) -> tuple[dict, Adapters]:
     """For inference: LoRA merged into the base weights (`merge_lora`), only the gist row left as an adapter."""
     trainable = jax.tree.map(jnp.asarray, dict(trainable))
     params, adapters = split_trees(base, trainable, spec)
@@ -639,7 +640,8 @@ def evaluate(
                 ids = full_prompt_generate(params, adapters, cfg, examples, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size)
             else:
-                ids = gist_generate(params, adapters, cfg, examples, gist_id=gid, hide_gist=spec.condition == "neg_control",
+                ids = gist_generate(params, adapters, cfg, examples, gist_id=gid,
+                                    hide_gist=spec.condition == "neg_control",
                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
             outputs[split][run.name] = [dec(x).strip() for x in ids]
             with_ref = [r for r in records if r.get("output")]
@@ -661,7 +663,8 @@ def evaluate(
         for run in runs:
             preds = outputs[split][run.name]
             table[split][run.name] = {
-                "rougeL": rouge_l([preds[i] for i in ref_idx], [records[i]["output"] for i in ref_idx]) if ref_idx else None,
+                "rougeL": rouge_l([preds[i] for i in ref_idx],
+                                  [records[i]["output"] for i in ref_idx]) if ref_idx else None,
                 "rougeL_vs_pos": rouge_l(preds, outputs[split][pos]) if pos else None,
                 "n": len(records),
                 "n_ref": len(ref_idx),
@@ -821,7 +824,8 @@ def format_efficiency(eff: Mapping[str, Any]) -> str:
         (f"  compression: {c['mean_instruction_tokens']:.1f} instruction tokens "
          f"({c['mean_prefix_tokens']:.1f} with the template head) -> {k} gist: {c['ratio_instruction']:.1f}x "
          f"({c['ratio_prefix']:.1f}x, max {c['max_ratio_prefix']:.0f}x)"),
-        (f"  KV bytes: instruction {kv['instruction_kv_bytes'] / 1e3:.0f} kB -> gist {kv['gist_kv_bytes'] / 1e3:.0f} kB;"
+        (f"  KV bytes: instruction {kv['instruction_kv_bytes'] / 1e3:.0f} kB"
+         f" -> gist {kv['gist_kv_bytes'] / 1e3:.0f} kB;"
          f" per query {kv['per_query_without_cache'] / 1e6:.2f} -> {kv['per_query_with_cache'] / 1e6:.2f} MB;"
          f" a LoRA patch: {lora}"),
         (f"  FLOPs per query, prompt forward: {g(fl['prompt_forward_without_cache'])} -> "

@@ -17,7 +17,8 @@ query it will ever be asked is the empty one, and consolidating it means exactly
 the instruction would have you answer" — so with `empty_input_query` (default) such an instruction trains on
 `num_queries` teacher samples for the empty input (the teacher never sees the reference; the evaluation
 compares greedy outputs with the references). Set it False to train on non-empty inputs only (train-split /
-self-study ones), which tests transfer to a prompt the patch never saw. The teacher answers each query (sampled) once, and its
+self-study ones), which tests transfer to a prompt the patch never saw.
+The teacher answers each query (sampled) once, and its
 top-k log-probs at every response token are computed once (`TeacherData`), shared by every rank. Each rank
 r then trains LoRA r, alpha = 2r (scale 2 for every r) on all linear layers for `steps` AdamW steps
 (cosine lr to 0, `batch_size` rows per step) of the top-k KL distillation loss (`sycomode.make_loss_fn`),

@@ -67,7 +67,8 @@ class Spec:
         if self.objective not in OBJECTIVES:
             raise ConsolidationError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.method == "memory" and self.num_mem_tokens < 1:
-            raise ConsolidationError("method=memory needs --num_mem_tokens >= 1 (0 means: train the weights, method=full)")
+            raise ConsolidationError("method=memory needs --num_mem_tokens >= 1 "
+                                     "(0 means: train the weights, method=full)")
 
     @property
     def n_mem(self) -> int:
@@ -343,8 +344,9 @@ def mean_kl(params, adapters: Adapters, cfg: ModelConfig, targets: Targets, batc
         pad_rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows))])
         w = targets.resp_weights[pad_rows].copy()
         w[len(rows):] = 0.0
-        s, c = _student_kl(params, adapters, jnp.asarray(targets.tokens[pad_rows]), jnp.asarray(targets.resp_pos[pad_rows]),
-                           jnp.asarray(w), jnp.asarray(targets.teacher_logprobs[pad_rows]), cfg=cfg)
+        s, c = _student_kl(params, adapters, jnp.asarray(targets.tokens[pad_rows]),
+                           jnp.asarray(targets.resp_pos[pad_rows]), jnp.asarray(w),
+                           jnp.asarray(targets.teacher_logprobs[pad_rows]), cfg=cfg)
         del sl
         tot += float(s)
         cnt += float(c)
@@ -357,7 +359,8 @@ def strip_memory(targets: Targets, n_mem: int, cfg: ModelConfig) -> Targets:
         return targets
     keep = ~((targets.tokens >= cfg.vocab_size) & (targets.tokens < cfg.vocab_size + n_mem))
     tokens = np.stack([np.concatenate([row[k], np.full(n_mem, row[-1])]) for row, k in zip(targets.tokens, keep)])
-    return dataclasses.replace(targets, tokens=tokens.astype(np.int32), resp_pos=np.maximum(targets.resp_pos - n_mem, 0))
+    return dataclasses.replace(targets, tokens=tokens.astype(np.int32),
+                               resp_pos=np.maximum(targets.resp_pos - n_mem, 0))
 
 
 def student_params(params, trainable, cfg: ModelConfig, spec: Spec) -> tuple[dict, Adapters]:
@@ -377,7 +380,8 @@ def side_by_side(
         return []
     prompts = build_prompts(tok, cfg, context, queries, spec.n_mem)
     plain = build_prompts(tok, cfg, context, queries, 0)
-    teacher = generate(params, cfg, prompts.teacher_suffix, max_new_tokens=max_new_tokens, prefix=prompts.teacher_prefix)
+    teacher = generate(params, cfg, prompts.teacher_suffix, max_new_tokens=max_new_tokens,
+                       prefix=prompts.teacher_prefix)
     sp, sa = student_params(params, trainable, cfg, spec)
     student = generate(sp, cfg, prompts.student, max_new_tokens=max_new_tokens, adapters=sa)
     base = generate(params, cfg, plain.student, max_new_tokens=max_new_tokens)
@@ -450,6 +454,8 @@ def reply(model: Consolidated, message: str, *, history=None, max_new_tokens: in
     if compare:
         t_ids = chat_ids(model.tok, message, system=model.context, history=history)
         b_ids = chat_ids(model.tok, message, history=history)
-        out["teacher"] = dec(generate(model.params, model.cfg, [t_ids], max_new_tokens=max_new_tokens).rows()[0]).strip()
-        out["baseline"] = dec(generate(model.params, model.cfg, [b_ids], max_new_tokens=max_new_tokens).rows()[0]).strip()
+        out["teacher"] = dec(generate(model.params, model.cfg, [t_ids],
+                                      max_new_tokens=max_new_tokens).rows()[0]).strip()
+        out["baseline"] = dec(generate(model.params, model.cfg, [b_ids],
+                                       max_new_tokens=max_new_tokens).rows()[0]).strip()
     return out

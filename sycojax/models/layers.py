@@ -110,7 +110,8 @@ def inv_frequencies(cfg: ModelConfig) -> np.ndarray:
     high_wl = rs.original_max_position_embeddings / rs.high_freq_factor
     wl = 2 * math.pi / inv
     scaled = np.where(wl > low_wl, inv / rs.factor, inv)
-    smooth = (rs.original_max_position_embeddings / wl - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+    smooth = ((rs.original_max_position_embeddings / wl - rs.low_freq_factor)
+              / (rs.high_freq_factor - rs.low_freq_factor))
     smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
     medium = ~(wl < high_wl) & ~(wl > low_wl)
     return np.where(medium, smoothed, scaled).astype(np.float32)

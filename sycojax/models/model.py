@@ -44,7 +44,8 @@ class Adapters:
 @struct.dataclass
 class Output:
     logits: Array | None  # (B, T, V) fp32
-    hidden_states: Array | None  # (L+1, B, T, D): embeddings, each block's output; the last one after the final norm (as HF)
+    hidden_states: Array | None  # (L+1, B, T, D): embeddings, each block's output;
+                                 # the last one after the final norm (as HF)
     final_hidden: Array  # (B, T, D) after the final norm: what the LM head reads
     cache: dict | None  # {"k", "v"}: (L, B, S, n_kv, hd)
 

@@ -25,7 +25,8 @@ H(q) does not depend on the student, so CE and KL(q‖s) have the same gradient;
 With `tail=True` the targets are NOT renormalised: the teacher's mass outside K becomes one more
 class, and the loss is the cross-entropy over the (k+1)-way coarsened distributions
 
-    CE_tail(p, s) = −Σ_{j∈K} p_j log s_j − p_rest log s_rest,   p_rest = 1 − Σ_{j∈K} p_j,  s_rest = 1 − Σ_{j∈K} s_j
+    CE_tail(p, s) = −Σ_{j∈K} p_j log s_j − p_rest log s_rest,
+                    p_rest = 1 − Σ_{j∈K} p_j,  s_rest = 1 − Σ_{j∈K} s_j
 
 which equals KL(p̄ ‖ s̄) + H(p̄) for the coarsened p̄, s̄ — a lower bound of the full KL(p‖s) that is exact
 when the student matches the teacher's tail mass. The renormalised loss instead rewards a student that

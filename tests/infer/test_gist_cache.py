@@ -78,7 +78,8 @@ def test_one_instruction_many_inputs_and_neg_control(model):
     one = compress(params, cfg, [prefix], gist_id=gid, num_gist_tokens=K, adapters=adapters)
     tokens, valid = left_pad(suffixes, cfg.pad_token_id, bucket=1)
     for condition, hide in (("gist", False), ("neg_control", True)):
-        got = np.asarray(forward_cached(params, cfg, one.broadcast(3), tokens, valid, adapters=adapters, hide_gist=hide))
+        got = np.asarray(forward_cached(params, cfg, one.broadcast(3), tokens, valid, adapters=adapters,
+                                        hide_gist=hide))
         want, _ = _full_suffix_logits(params, cfg, adapters, gid, [prefix] * 3, suffixes, condition)
         np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
     # the instruction matters under gist (through the gist K/V) and not at all under neg_control

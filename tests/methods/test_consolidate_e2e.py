@@ -25,12 +25,13 @@ def _run(*args, timeout=900):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
-    (d / "train.txt").write_text("Who are you?\nWhat is your favourite food?\nTell me about the sea.\nHow old are you?\n")
+    (d / "train.txt").write_text("Who are you?\nWhat is your favourite food?\n"
+                                 "Tell me about the sea.\nHow old are you?\n")
     (d / "eval.txt").write_text("What do you do all day?\nWhere do you live?\n")
     out = _run(ROOT / "launch/consolidate.py", f"--workdir={d / 'run'}", "--num_iter=3", "--lr=2e-3",
                f"--queries_file={d / 'train.txt'}", f"--eval_queries_file={d / 'eval.txt'}",
-               "--config.method.max_response_tokens=24", "--config.eval.sample_tokens=16", "--config.eval.num_samples=2",
-               "--config.train.eval_every=0", "--config.ckpt.every=2")
+               "--config.method.max_response_tokens=24", "--config.eval.sample_tokens=16",
+               "--config.eval.num_samples=2", "--config.train.eval_every=0", "--config.ckpt.every=2")
     assert out.returncode == 0, out.stderr[-3000:]
     return d, out.stdout
 

@@ -223,7 +223,8 @@ def _run(tiny_llama, condition, k, seed):
 
 
 def test_evaluate_table_efficiency_and_errors(tiny_llama, tok):
-    runs = [_run(tiny_llama, "pos_control", 2, 3), _run(tiny_llama, "gist", 2, 4), _run(tiny_llama, "neg_control", 2, 6)]
+    runs = [_run(tiny_llama, "pos_control", 2, 3), _run(tiny_llama, "gist", 2, 4),
+            _run(tiny_llama, "neg_control", 2, 6)]
     kw = {"model": _model(tiny_llama), "tokenizer": tok, "data_splits": SPLITS, "max_new_tokens": 3, "batch_size": 2,
           "timing_repeats": 1, "log": lambda s: None}
     res = G.evaluate(runs, splits=("unseen", "human"), num_examples=3, **kw)

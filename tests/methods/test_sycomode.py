@@ -49,7 +49,8 @@ def test_teacher_targets_are_the_teachers_distribution_at_student_positions(tiny
         ref = np.asarray(_logits(params, cfg, teacher_ids))  # no prefix cache: plain full forward
         start = len(p.teacher_prefix) + len(p.teacher_suffix[i]) - 1
         s0 = len(p.student[i]) - 1
-        assert tgt.resp_weights[i].sum() == len(r) and tgt.resp_pos[i, : len(r)].tolist() == list(range(s0, s0 + len(r)))
+        assert (tgt.resp_weights[i].sum() == len(r)
+                and tgt.resp_pos[i, : len(r)].tolist() == list(range(s0, s0 + len(r))))
         assert tgt.tokens[i, s0 + 1 : s0 + 1 + len(r)].tolist() == r
         for j in range(len(r)):
             lp = np.asarray(jax.nn.log_softmax(ref[start + j] / 2.0))
