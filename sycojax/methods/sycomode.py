@@ -339,7 +339,6 @@ def mean_kl(params, adapters: Adapters, cfg: ModelConfig, targets: Targets, batc
     tot, cnt = 0.0, 0.0
     n = targets.tokens.shape[0]
     for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
         rows = np.arange(i, min(i + batch_size, n))
         pad_rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows))])
         w = targets.resp_weights[pad_rows].copy()
@@ -347,7 +346,6 @@ def mean_kl(params, adapters: Adapters, cfg: ModelConfig, targets: Targets, batc
         s, c = _student_kl(params, adapters, jnp.asarray(targets.tokens[pad_rows]),
                            jnp.asarray(targets.resp_pos[pad_rows]), jnp.asarray(w),
                            jnp.asarray(targets.teacher_logprobs[pad_rows]), cfg=cfg)
-        del sl
         tot += float(s)
         cnt += float(c)
     return tot / max(cnt, 1.0)
