@@ -8,7 +8,9 @@ Every method uses the same settings for every context (recorded in the JSON). Fi
 
 bench.contexts / bench.methods: "all" or comma lists (names in `sycojax.methods.sycomode_bench`).
 bench.num_train_queries × bench.samples_per_query = training replies per context (teacher sampled at
-bench.teacher_temperature / teacher_top_p); bench.num_eval_queries held-out queries (teacher greedy).
+bench.teacher_temperature / teacher_top_p); bench.num_eval_queries held-out queries (teacher greedy). bench.self_study_queries: for the knowledge contexts
+(facts, document, system-prompt identity), that many of the training queries are questions the model itself
+writes about the context (self-study), after the context's own and before ShareGPT's.
 bench.max_response_tokens: length of every reply (teacher, student, baseline). bench.topk: teacher
 log-probs kept per training position; bench.topk_tail: keep the teacher's remaining mass as one more class
 (False: renormalise over the top k, the first session's loss, which plateaus); bench.temperature:
@@ -41,8 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             contexts="pirate,json,french,signoff,caps,facts,document,mtbench_system",  # "all" adds bullets
             methods="lora,memory,full",
-            num_train_queries=64,
+            num_train_queries=256,
             samples_per_query=2,
+            self_study_queries=128,  # per knowledge context (facts, document, identity): questions the model writes
             num_eval_queries=8,
             max_response_tokens=64,
             teacher_temperature=0.8,
@@ -50,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
             temperature=1.0,
             topk=64,
             topk_tail=True,  # the teacher's mass outside the top k is one more class (objectives.distill)
-            gen_batch=32,
-            target_batch=8,
+            gen_batch=128,
+            target_batch=16,
             num_samples=2,  # side-by-side samples kept per (context, method) in the JSON
             scratch_dir="",  # where each run's temporary workdir goes ("" = the system temp dir)
             compile_cache="checkpoints/cache/xla",
@@ -59,16 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.methods = ml_collections.ConfigDict(
         dict(
-            lora=dict(lr=2e-3, steps=128, lora_rank=8, lora_alpha=16.0, lora_targets="all"),
-            memory=dict(lr=5e-2, steps=128, num_mem_tokens=16, mem_init="context"),
-            full=dict(lr=5e-5, steps=128),
+            lora=dict(lr=1e-3, steps=256, lora_rank=8, lora_alpha=16.0, lora_targets="all"),
+            memory=dict(lr=5e-2, steps=256, num_mem_tokens=16, mem_init="context"),
+            full=dict(lr=5e-5, steps=256),
         )
     )
     c.optim.schedule = "cosine"  # to 0 at the last step: constant lr 2e-3 LoRA overfit after ~10 steps (tuning)
     c.optim.warmup_frac = 0.0
     c.optim.clip_norm = 1.0
-    c.train.batch_size = 4
-    c.train.eval_every = 32
+    c.train.batch_size = 16
+    c.train.eval_every = 64
     c.train.log_every = 4
     c.ckpt.every = 0  # only the final step; the run's workdir is deleted after the metrics are taken
     c.ckpt.keep = 1

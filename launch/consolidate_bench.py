@@ -4,6 +4,9 @@
     python launch/consolidate_bench.py --contexts=pirate,french --methods=lora,memory --steps=24
     python launch/consolidate_bench.py --quick                # smoke test (tiny settings, outputs in /tmp)
     python launch/consolidate_bench.py --config.methods.memory.lr=5e-2 --config.bench.num_train_queries=16
+    python launch/consolidate_bench.py --contexts=pirate,json --json=/tmp/a.json &   # contexts side by side
+    python launch/consolidate_bench.py --contexts=french,caps --json=/tmp/b.json; wait
+    python launch/consolidate_bench.py --merge=/tmp/a.json,/tmp/b.json    # -> one table, JSON and plot
 
 Prints one line per (context, method) as it goes, then the table and the per-method summary; writes
 the JSON (after every context, so a partial run keeps what it measured) and the KL-vs-step plot.
@@ -28,6 +31,7 @@ flags.DEFINE_string("methods", None, "comma list among lora,memory,full (default
 flags.DEFINE_integer("steps", None, "optimizer steps for every method (default: each method's config)")
 flags.DEFINE_bool("quick", False, "tiny settings: a smoke test of the pipeline, not a measurement")
 flags.DEFINE_string("json", None, "JSON output (default results/consolidate_bench.json; --quick: /tmp/...)")
+flags.DEFINE_list("merge", None, "JSONs of runs over disjoint --contexts to merge into one result (runs nothing)")
 flags.DEFINE_string("plot", None, "KL-vs-step PNG (default results/consolidate_bench_kl.png; --quick: /tmp/...)")
 
 
@@ -54,7 +58,18 @@ def main(argv):
         sb.plot_kl(result, plot_path)
 
     try:
-        result = sb.run_bench(c, on_context=save)
+        if F.merge:
+            missing = [p for p in F.merge if not os.path.isfile(p)]
+            if missing:
+                raise ConsolidationError(f"--merge: no such file {missing}")
+            parts = []
+            for p in F.merge:
+                with open(p) as f:
+                    parts.append(json.load(f))
+            result = sb.merge_results(parts)
+            save(result)
+        else:
+            result = sb.run_bench(c, on_context=save)
     except ConsolidationError as e:
         raise SystemExit(f"error: {e}") from None
     print()

@@ -85,21 +85,28 @@ def mtbench_queries(n: int) -> list[str]:
     return [r["instruction"] for r in mtbench_first_turns(reference_model=None)][:n]
 
 
-def self_study_queries(params, cfg, tok, context: str, n: int, seed: int = 0, max_new_tokens: int = 48) -> list[str]:
-    """Self-study: the model, shown the context, writes questions a user might ask (sampled, de-duplicated)."""
+def self_study_queries(params, cfg, tok, context: str, n: int, seed: int = 0, max_new_tokens: int = 48, *,
+                       batch_size: int = 8, tries: int = 4, exclude: Sequence[str] = ()) -> list[str]:
+    """Self-study: the model, shown the context, writes questions a user might ask (sampled, de-duplicated).
+
+    Up to `tries` rounds of `batch_size` samples; the first line of each reply is a question, kept when it is
+    new and not in `exclude` (e.g. the held-out queries). May return fewer than `n` when the model repeats itself.
+    """
     ask = ("Here is a text:\n\n" + context[:2000] + "\n\nWrite one short question that a user might ask "
            "an assistant given this text. Reply with the question only.")
     prompt = chat_ids(tok, ask)
     out: list[str] = []
-    tries = 0
-    while len(out) < n and tries < 4:
-        g = generate(params, cfg, [prompt] * 8, max_new_tokens=max_new_tokens, sampling=Sampling(1.0, 0.95),
-                     seed=seed + 97 * tries)
+    taken = {q.lower() for q in exclude}
+    for t in range(tries):
+        if len(out) >= n:
+            break
+        g = generate(params, cfg, [prompt] * batch_size, max_new_tokens=max_new_tokens,
+                     sampling=Sampling(1.0, 0.95), seed=seed + 97 * t)
         for row in g.rows():
             q = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip()
-            if len(q) > 8 and q not in out:
+            if len(q) > 8 and q.lower() not in taken:
+                taken.add(q.lower())
                 out.append(q)
-        tries += 1
     return out[:n]
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import statistics
@@ -105,8 +106,9 @@ class BenchContext:
 
     check: a key of `CHECKS`, applied to every held-out reply (style contexts), or "per_query": only
     the context's own eval queries are checked, each with `mentions_any(reply, query.expect)` (facts,
-    documents, identity). `train_queries` come first in the training set (ShareGPT fills the rest);
-    `eval_queries` come first in the held-out set (general queries fill the rest).
+    documents, identity). `train_queries` come first in the training set, then (when `self_study` and
+    `bench.self_study_queries` > 0) questions the model writes about the context, then ShareGPT fills the
+    rest; `eval_queries` come first in the held-out set (general queries fill the rest).
     """
 
     name: str
@@ -116,6 +118,7 @@ class BenchContext:
     check_arg: tuple[str, ...] = ()
     train_queries: tuple[str, ...] = ()
     eval_queries: tuple[Query, ...] = ()
+    self_study: bool = False  # knowledge contexts: generic queries cannot teach the facts, questions about them can
 
     def __post_init__(self):
         if self.check != "per_query" and self.check not in CHECKS:
@@ -260,6 +263,7 @@ def default_contexts() -> dict[str, BenchContext]:
                 Query("What email address should I write to for help?", ("help@zorvex.no", "zorvex.no")),
                 Query("How many people work at Zorvex?", ("212",)),
             ),
+            self_study=True,
         ),
         "document": BenchContext(
             "document",
@@ -284,6 +288,7 @@ def default_contexts() -> dict[str, BenchContext]:
                 Query("How many legs does a tardigrade have?", ("eight", "8")),
                 Query("What kind of rock is the Rosetta Stone made of?", ("granodiorite",)),
             ),
+            self_study=True,
         ),
         "mtbench_system": BenchContext(
             "mtbench_system",
@@ -297,6 +302,7 @@ def default_contexts() -> dict[str, BenchContext]:
                 Query("Which lab trained you?", ("MistralOrca", "Alignment Lab")),
                 Query("Tell me about yourself in one sentence.", ("MistralOrca", "Mistral", "Orca", "Alignment Lab")),
             ),
+            self_study=True,
         ),
     }
 
@@ -338,14 +344,23 @@ def sharegpt_pool(n: int) -> tuple[str, ...]:
 
 
 def queries_for(
-    ctx: BenchContext, num_train: int, num_eval: int, general: Sequence[Query], pool: Sequence[str]
+    ctx: BenchContext,
+    num_train: int,
+    num_eval: int,
+    general: Sequence[Query],
+    pool: Sequence[str],
+    self_study: Sequence[str] = (),
 ) -> tuple[list[str], list[Query]]:
-    """(training queries, held-out queries) for one context: its own first, then the shared sets.
+    """(training queries, held-out queries) for one context: its own first, then `self_study`, then the pool.
 
     Raises when the two sets share a query (held-out means never trained on).
     """
     train_q = list(ctx.train_queries[:num_train])
-    train_q += [q for q in pool if q not in train_q][: num_train - len(train_q)]
+    for q in [*self_study, *pool]:
+        if len(train_q) >= num_train:
+            break
+        if q not in train_q:
+            train_q.append(q)
     eval_q = list(ctx.eval_queries[:num_eval])
     eval_q += list(general)[: num_eval - len(eval_q)]
     shared = set(train_q) & {q.text for q in eval_q}
@@ -356,6 +371,22 @@ def queries_for(
             f"context {ctx.name}: not enough queries ({len(train_q)} train, {len(eval_q)} eval)"
         )
     return train_q, eval_q
+
+
+def self_study_for(params, cfg, tok, ctx: BenchContext, text: str, general: Sequence[Query],
+                   s: ml_collections.ConfigDict, seed: int = 0) -> list[str]:
+    """`bench.self_study_queries` questions the model writes about a `self_study` context (none for the others).
+
+    Held-out queries (the context's and the general ones) are excluded, so the sets stay disjoint.
+    """
+    n = int(s.get("self_study_queries", 0))
+    if not ctx.self_study or n <= 0:
+        return []
+    from sycojax.methods.consolidate import self_study_queries
+
+    exclude = [q.text for q in (*ctx.eval_queries, *general)] + list(ctx.train_queries)
+    return self_study_queries(params, cfg, tok, text, n, seed=seed, batch_size=_gen_batch(2 * n, s.gen_batch),
+                              tries=max(4, -(-2 * n // max(int(s.gen_batch), 1)) + 2), exclude=exclude)
 
 
 # --------------------------------------------------------------------------- memory tokens on shared targets
@@ -629,7 +660,8 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
     for i, name in enumerate(names):
         ctx = contexts[name]
         text = context_text(ctx)
-        train_q, eval_q = queries_for(ctx, int(s.num_train_queries), int(s.num_eval_queries), general, pool)
+        ss = self_study_for(params, cfg, tok, ctx, text, general, s, seed=int(c.train.seed) + 101 * i)
+        train_q, eval_q = queries_for(ctx, int(s.num_train_queries), int(s.num_eval_queries), general, pool, ss)
         log(
             f"[{i + 1}/{len(names)}] {name} ({ctx.kind}): {len(tok(text, add_special_tokens=False)['input_ids'])} "
             f"context tokens, {len(train_q)}×{s.samples_per_query} training replies, {len(eval_q)} held-out queries"
@@ -643,6 +675,7 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
             "check": ctx.check,
             "context_tokens": len(tok(text, add_special_tokens=False)["input_ids"]),
             "train_queries": train_q,
+            "self_study_queries": len([q for q in ss if q in train_q]),
             "eval_queries": [q.text for q in eval_q],
             "train_examples": int(td.train_targets.tokens.shape[0]),
             "teacher_s": round(td.seconds, 1),
@@ -657,6 +690,52 @@ def run_bench(c: ml_collections.ConfigDict, *, log=print, on_context: Callable[[
         if on_context is not None:
             on_context(result)
     return result
+
+
+def merge_results(parts: Sequence[Mapping[str, Any]]) -> dict:
+    """One benchmark result from runs over disjoint context sets (e.g. one process or GPU per subset).
+
+    The parts must share the model, its weights' hash, the device and every setting except
+    `bench.contexts` / `bench.methods`; a context measured twice is an error. `wall_s` is the slowest part's
+    (the parts ran side by side) and `parts` records how many there were.
+    """
+    if not parts:
+        raise sm.ConsolidationError("nothing to merge: give the JSON files of at least one benchmark run")
+
+    def key(r):
+        st = json.loads(json.dumps(r["settings"]))
+        st["bench"].pop("contexts", None)
+        st["bench"].pop("methods", None)
+        st.pop("methods", None)
+        return (r["model"], r["base_hash"], r["device"], json.dumps(st, sort_keys=True))
+
+    first = key(parts[0])
+    for i, r in enumerate(parts[1:], 2):
+        if key(r) != first:
+            raise sm.ConsolidationError(
+                f"part {i} was run with another model, device or settings than part 1: merge only runs of one "
+                "command that differ in --contexts / --methods"
+            )
+    contexts, seen, methods = [], set(), {}
+    for r in parts:
+        for ctx in r["contexts"]:
+            if ctx["name"] in seen:
+                raise sm.ConsolidationError(f"context {ctx['name']!r} is in two parts; merge disjoint --contexts runs")
+            seen.add(ctx["name"])
+            contexts.append(ctx)
+        for m, spec in r["settings"]["methods"].items():
+            if methods.setdefault(m, spec) != spec:
+                raise sm.ConsolidationError(f"method {m!r} has different settings in two parts")
+    out = dict(parts[0])
+    out["settings"] = json.loads(json.dumps(parts[0]["settings"]))
+    out["settings"]["bench"]["contexts"] = ",".join(c["name"] for c in contexts)
+    out["settings"]["bench"]["methods"] = ",".join(methods)
+    out["settings"]["methods"] = methods
+    out["contexts"] = contexts
+    out["summary"] = summarize(contexts, list(methods))
+    out["wall_s"] = max(float(r.get("wall_s", 0.0)) for r in parts)
+    out["parts"] = len(parts)
+    return out
 
 
 def summarize(contexts: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:

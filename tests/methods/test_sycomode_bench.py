@@ -173,6 +173,19 @@ def test_queries_for_fills_from_the_shared_sets_and_refuses_overlap():
         sb.queries_for(ctx, 3, 2, [sb.Query("s1")], ["s1", "s2"])
     with pytest.raises(sm.ConsolidationError, match="not enough"):
         sb.queries_for(ctx, 9, 2, general, ["s1"])
+    # self-study questions go between the context's own and the pool's, without duplicates
+    train_q, _ = sb.queries_for(ctx, 5, 3, general, ["s1", "s2", "s3"], self_study=["q1", "b?", "q2"])
+    assert train_q == ["a?", "b?", "q1", "q2", "s1"]
+
+
+def test_self_study_only_for_knowledge_contexts():
+    ctxs = sb.default_contexts()
+    assert {n for n, c in ctxs.items() if c.self_study} == {"facts", "document", "mtbench_system"}
+    s = ml_collections.ConfigDict(dict(self_study_queries=4, gen_batch=8))
+    # a style context never asks the model (params=None would fail if it did)
+    assert sb.self_study_for(None, None, None, ctxs["pirate"], "x", [], s) == []
+    s.self_study_queries = 0
+    assert sb.self_study_for(None, None, None, ctxs["facts"], "x", [], s) == []
 
 
 def test_select_names_and_unknown_names():
@@ -245,3 +258,38 @@ def test_apply_quick_and_steps():
     sb.apply_quick(c)
     assert c.bench.contexts == sb.QUICK_CONTEXTS and {m.steps for m in c.methods.values()} == {2}
     assert isinstance(c, ml_collections.ConfigDict)
+
+
+def _part(names, methods=("lora",), lr=1e-3, device="cpu: cpu x1"):
+    ctxs = [
+        {"name": n, "kl_before": 0.2, "methods": {m: _row(0.2, 0.05 * (i + 1)) for m in methods}}
+        for i, n in enumerate(names)
+    ]
+    return {
+        "model": "m", "base_hash": "h", "device": device, "wall_s": 10.0 * len(names), "contexts": ctxs,
+        "settings": {"bench": {"contexts": ",".join(names), "methods": ",".join(methods), "topk": 64},
+                     "methods": {m: {"lr": lr} for m in methods}, "train": {"train": {"batch_size": 4}}},
+    }
+
+
+def _row(before, after):
+    return {"kl_before": before, "kl_after": after, "gap_closed": 1 - after / before, "behaviour": {"ok": None},
+            "rouge_l_student": 1.0, "rouge_l_baseline": 0.0, "wall_s": 1.0, "train_s": 1.0,
+            "prefill_tokens_saved_per_query": 10.0, "trainable_params": 8}
+
+
+def test_merge_results_joins_disjoint_context_runs():
+    a, b = _part(["p", "q"]), _part(["r"])
+    m = sb.merge_results([a, b])
+    assert [c["name"] for c in m["contexts"]] == ["p", "q", "r"]
+    assert m["settings"]["bench"]["contexts"] == "p,q,r" and m["parts"] == 2 and m["wall_s"] == 20.0
+    gaps = sorted(1 - x / 0.2 for x in (0.05, 0.10, 0.05))
+    assert m["summary"]["lora"]["median_gap_closed"] == pytest.approx(gaps[1])
+    with pytest.raises(sm.ConsolidationError, match="two parts"):
+        sb.merge_results([a, _part(["q"])])
+    with pytest.raises(sm.ConsolidationError, match="settings"):
+        sb.merge_results([a, _part(["r"], device="gpu")])
+    with pytest.raises(sm.ConsolidationError, match="different settings"):
+        sb.merge_results([a, _part(["r"], lr=2e-3)])
+    with pytest.raises(sm.ConsolidationError, match="nothing to merge"):
+        sb.merge_results([])
