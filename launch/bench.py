@@ -3,6 +3,7 @@
     python launch/bench.py                                  # every job, table on stdout
     python launch/bench.py --json=results/bench.json        # also write the rows as JSON
     python launch/bench.py --jobs=forward,generate_b1 --repeats=3
+    python launch/bench.py --device=gpu --json=results/bench_h100.json   # both sides on the GPU
 
 Each side of each job runs in a fresh process (its own peak RSS; PyTorch with
 `torch.set_num_threads(<cores>)`, XLA on all cores). Times are min / median over `--repeats` runs
@@ -34,6 +35,10 @@ _JOBS = flags.DEFINE_list("jobs", list(JOBS), f"jobs to run, in order; known: {'
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per side (after warm-up); min and median are reported")
 _JSON = flags.DEFINE_string("json", None, "write the rows (and run metadata) to this JSON file")
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "which implementations to run (jax, torch)")
+_DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"],
+                            "where both sides run: cpu (the default), or gpu (JAX on CUDA, PyTorch on cuda:0; "
+                            "fp32 at full precision on both; the %peak columns are then MFU against the GPU's "
+                            "measured fp32 matmul peak)")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800,
                                 "seconds before one side of one job is abandoned (its row shows the error)")
 
@@ -46,23 +51,41 @@ def main(argv: list[str]) -> None:
     bad = [s for s in _SIDES.value if s not in SIDES]
     if bad:
         raise app.UsageError(f"unknown side(s) {bad}; choose from {', '.join(SIDES)}")
+    if _DEVICE.value == "gpu":  # before the parent's first JAX use (the consolidate_e2e teacher replies)
+        from sycojax.bench.hardware import jax_platform, setup_jax
+
+        os.environ["JAX_PLATFORMS"] = jax_platform("gpu")
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the workers need the GPU's memory too
+        import jax
+
+        jax.config.update("jax_platforms", jax_platform("gpu"))
+        try:
+            setup_jax("gpu")
+        except RuntimeError as e:
+            raise app.UsageError(str(e)) from None
+
+    def write_json(out: dict) -> None:  # after every row: a run cut short keeps the rows it finished
+        if _JSON.value:
+            path = os.path.abspath(_JSON.value)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump({"meta": out["meta"], "rows": [dataclasses.asdict(r) for r in out["rows"]]}, f, indent=2)
+            os.replace(path + ".tmp", path)  # atomic: never a half-written file
+
     try:
         out = runner.run_jobs(_JOBS.value, _REPEATS.value, _SIDES.value, log=lambda s: print(s, flush=True),
-                             timeout_s=_TIMEOUT.value)
+                             timeout_s=_TIMEOUT.value, device=_DEVICE.value, on_row=write_json)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     print()
     print(runner.format_table(out["rows"]))
     m = out["meta"]
-    print(f"\nfp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s "
+    print(f"\n{m['device']}: fp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s "
           f"({m['jax_peak_gflop_per_cpu_s']:.1f} per CPU-s), PyTorch {m['torch_peak_gflops']:.1f} GFLOP/s "
           f"({m['torch_peak_gflop_per_cpu_s']:.1f} per CPU-s); read bandwidth JAX {m['jax_read_gbps']:.1f} GB/s, "
           f"PyTorch {m['torch_read_gbps']:.1f} GB/s; {m['threads']} threads; {m['repeats']} repeats; "
           f"total {m['total_s']:.0f}s")
     if _JSON.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-        with open(_JSON.value, "w") as f:
-            json.dump({"meta": m, "rows": [dataclasses.asdict(r) for r in out["rows"]]}, f, indent=2)
         print(f"wrote {_JSON.value}")
     if any(r.error for r in out["rows"]):
         sys.exit(1)

@@ -62,6 +62,7 @@ class Context:
     threads: int
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
     prior: dict[str, dict] = dataclasses.field(default_factory=dict)
+    device: str = "cpu"  # "cpu" or "gpu" (`hardware.DEVICES`): where both sides run
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -70,7 +71,7 @@ class Context:
     def from_json(cls, s: str) -> Context:
         d = json.loads(s)
         return cls(d["model"], d["hf_dir"], Inputs(**d["inputs"]), d["threads"], d.get("shared", {}),
-                   d.get("prior", {}))
+                   d.get("prior", {}), d.get("device", "cpu"))
 
     @functools.cached_property
     def jax_model(self) -> tuple[Any, dict]:
@@ -84,12 +85,13 @@ class Context:
 
     @functools.cached_property
     def hf_model(self):
-        """transformers' `LlamaForCausalLM` (fp32, eval mode, default attention) of the same weights."""
+        """transformers' `LlamaForCausalLM` (fp32, eval mode, default attention) of the same weights, on the
+        benchmark device."""
         import torch
         from transformers import AutoModelForCausalLM
 
         m = AutoModelForCausalLM.from_pretrained(self.hf_dir, dtype=torch.float32, local_files_only=True)
-        return m.eval()
+        return m.to("cuda" if self.device == "gpu" else "cpu").eval()
 
 
 def export_for_torch(model: str = MODEL) -> Path:

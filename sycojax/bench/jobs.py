@@ -107,7 +107,7 @@ def forward(side: str, ctx: Context) -> Workload:
     import torch
 
     model = ctx.hf_model
-    tokens = torch.tensor(rows, dtype=torch.long)
+    tokens = torch.tensor(rows, dtype=torch.long, device=model.device)
 
     def run():
         with torch.inference_mode():
@@ -147,8 +147,10 @@ def _generate_job(batch: int):
 
         model = ctx.hf_model
         n = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (n - len(p)) + p for p in prompts], dtype=torch.long)  # left padding
-        attn = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        ids = torch.tensor([[pad] * (n - len(p)) + p for p in prompts], dtype=torch.long,
+                           device=model.device)  # left padding
+        attn = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long,
+                            device=model.device)
         # no EOS at all: HF generates exactly NEW_TOKENS per row, greedy, like eos_ids=[] on our side
         model.generation_config.eos_token_id = None
         model.generation_config.pad_token_id = pad
@@ -259,7 +261,7 @@ def _torch_train_workload(ctx: Context, kind: str) -> Workload:
         p.requires_grad_(kind == "full")
     rows = ctx.inputs.forward_rows[:TRAIN_B]
     vocab = model.config.vocab_size
-    teacher = torch.from_numpy(teacher_logits(vocab))
+    teacher = torch.from_numpy(teacher_logits(vocab)).to(model.device)
 
     if kind == "lora":
         from peft import LoraConfig, get_peft_model
@@ -276,7 +278,7 @@ def _torch_train_workload(ctx: Context, kind: str) -> Workload:
     else:
         trainable = list(model.parameters())
     model.train()  # no dropout in this model; train mode as a training loop would have it
-    ids = torch.tensor(rows, dtype=torch.long)
+    ids = torch.tensor(rows, dtype=torch.long, device=model.device)
 
     def logits():
         if kind != "memory":
@@ -532,7 +534,7 @@ def _torch_consolidate(ctx: Context, data: dict) -> Workload:
                 mask[j, : len(p) + len(r)] = 1
                 pos[j, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))  # logits there predict the response
                 w[j, : len(r)] = 1.0
-            out.append((ids, mask, pos, w))
+            out.append(tuple(x.to(model.device) for x in (ids, mask, pos, w)))
         return out
 
     prefix = data["teacher_prefix"]
@@ -545,7 +547,8 @@ def _torch_consolidate(ctx: Context, data: dict) -> Workload:
     def log_probs(batch):
         ids, mask, pos, _ = batch
         logits = model(input_ids=ids, attention_mask=mask).logits
-        logits = logits[torch.arange(ids.shape[0])[:, None], pos]  # (B, R, V): the response positions
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
+        logits = logits[rows, pos]  # (B, R, V): the response positions
         return F.log_softmax(logits.float(), dim=-1)
 
     def kl_sum(student_lp, teacher_lp, w):  # Σ over response tokens of KL(teacher ‖ student)

@@ -10,7 +10,8 @@ no implementation can be faster) and `bw_share` / `torch_bw_share` (that floor o
 `peak_rss_mb` / `torch_peak_rss_mb` (each side's worker process), `flops_share_cpu` /
 `torch_flops_share_cpu` (the same per CPU-second, see `hardware`), `agree` (share of equal check items:
 argmax tokens, generated tokens; for training rows 1.0 when the losses agree), `jax_cpu_s` / `torch_cpu_s` /
-`cpu_ratio` (process CPU time, all threads: the figure to trust when other jobs share the cores), `extra` (the job's own
+`cpu_ratio` (process CPU time, all threads: the figure to trust when other jobs share the cores), `gpu_peak_mb` /
+`torch_gpu_peak_mb` (with `device="gpu"`: each side's peak GPU memory in use), `extra` (the job's own
 named figures from both sides, e.g. `consolidate_e2e`'s KL target and the steps ours took to reach it).
 A job without a token or FLOP count (`consolidate_e2e`) leaves the tok/s and %peak fields None.
 
@@ -30,7 +31,7 @@ import time
 from collections.abc import Sequence
 
 from sycojax.bench.context import MODEL, Context, Inputs, export_for_torch
-from sycojax.bench.hardware import cpu_count
+from sycojax.bench.hardware import check_device, cpu_count, jax_platform
 from sycojax.bench.jobs import JAX, JOBS, TORCH
 from sycojax.bench.worker import RESULT_MARK
 
@@ -61,11 +62,15 @@ class Row:
     bw_floor_s: float | None = None  # gbytes at the measured read bandwidth (the faster side's)
     bw_share: float | None = None  # bw_floor_s / jax_s
     torch_bw_share: float | None = None
+    gpu_peak_mb: float | None = None  # device="gpu": peak GPU memory in use by each side's worker
+    torch_gpu_peak_mb: float | None = None
     extra: dict | None = None  # the job's named figures (`Workload.info`) from both sides
     error: str | None = None
 
 
-def prepare(model: str = MODEL, threads: int | None = None, names: Sequence[str] = ()) -> tuple[Context, object]:
+def prepare(
+    model: str = MODEL, threads: int | None = None, names: Sequence[str] = (), device: str = "cpu"
+) -> tuple[Context, object]:
     """Shared inputs + the HF export for the PyTorch side + the own inputs (`Job.prepare`) of the jobs
     `names`; returns the worker context and the config."""
     from sycojax.models.loading import load_model
@@ -78,13 +83,23 @@ def prepare(model: str = MODEL, threads: int | None = None, names: Sequence[str]
                 shared[n] = JOBS[n].prepare(model)
             except Exception as e:  # fails before anything is timed: say which job, keep the cause
                 raise RuntimeError(f"preparing the inputs of job {n!r} failed: {e}") from e
-    return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count(), shared), cfg
+    return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count(), shared,
+                   device=device), cfg
 
 
-def run_side(spec_path: str, job: str, side: str, repeats: int, timeout_s: float = 600) -> dict:
+def _env(device: str) -> dict:
+    """A worker's environment: JAX on the benchmark device; on a GPU, no up-front grab of its memory (the
+    parent may hold some, and each worker's peak is read from the allocator)."""
+    env = dict(os.environ, JAX_PLATFORMS=jax_platform(device), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    if device == "gpu":
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    return env
+
+
+def run_side(spec_path: str, job: str, side: str, repeats: int, timeout_s: float = 600, device: str = "cpu") -> dict:
     """One side of one job in a fresh Python process; raises with its stderr tail on failure."""
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = _env(device)
     proc = subprocess.run(
         [sys.executable, "-m", "sycojax.bench.worker", spec_path, job, side, str(repeats)],
         capture_output=True, text=True, env=env, timeout=timeout_s, check=False,
@@ -108,11 +123,13 @@ def agreement(a, b, how: str = "agree") -> float | None:
 
 # `Row` field of each per-side quantity (the JSON keeps its first-session names: JAX's share is `flops_share`).
 _ROW_FIELDS = {
-    side: dict(s=f"{side}_s", median_s=f"{side}_median_s", cpu_s=f"{side}_cpu_s", tokens_per_s=f"{side}_tokens_per_s",
-               rss="peak_rss_mb" if side == JAX else f"{side}_peak_rss_mb",
-               share="flops_share" if side == JAX else f"{side}_flops_share",
-               share_cpu="flops_share_cpu" if side == JAX else f"{side}_flops_share_cpu",
-               bw_share="bw_share" if side == JAX else f"{side}_bw_share")
+    side: {"s": f"{side}_s", "median_s": f"{side}_median_s", "cpu_s": f"{side}_cpu_s",
+           "tokens_per_s": f"{side}_tokens_per_s",
+           "rss": "peak_rss_mb" if side == JAX else f"{side}_peak_rss_mb",
+           "share": "flops_share" if side == JAX else f"{side}_flops_share",
+           "share_cpu": "flops_share_cpu" if side == JAX else f"{side}_flops_share_cpu",
+           "bw_share": "bw_share" if side == JAX else f"{side}_bw_share",
+           "gpu_mem": "gpu_peak_mb" if side == JAX else f"{side}_gpu_peak_mb"}
     for side in (JAX, TORCH)
 }
 
@@ -132,7 +149,8 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
         if not r:
             continue
         names = _ROW_FIELDS[side]
-        values = {"s": r["min_s"], "median_s": r["median_s"], "cpu_s": r["cpu_min_s"], "rss": r["peak_rss_mb"]}
+        values = {"s": r["min_s"], "median_s": r["median_s"], "cpu_s": r["cpu_min_s"], "rss": r["peak_rss_mb"],
+                  "gpu_mem": r.get("device_peak_mb")}
         if tokens is not None:
             values["tokens_per_s"] = tokens / r["min_s"]
         if flop is not None:
@@ -157,33 +175,50 @@ def side_order(name: str, sides: Sequence[str]) -> list[str]:
     return list(sides) if order is None else [s for s in order if s in sides]
 
 
-def measure_peaks(threads: int) -> dict[str, tuple[float, float, float]]:
+def measure_peaks(threads: int, device: str = "cpu") -> dict[str, tuple[float, float, float]]:
     """fp32 matmul `(FLOP/s, FLOP per CPU-second)` and read bandwidth (bytes/s), each side in its own
     process like the jobs."""
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    env = _env(device)
     out = {}
     for side in (JAX, TORCH):
-        p = subprocess.run([sys.executable, "-m", "sycojax.bench.hardware", side, str(threads)],
+        p = subprocess.run([sys.executable, "-m", "sycojax.bench.hardware", side, str(threads), device],
                            capture_output=True, text=True, env=env, check=True)
         out[side] = tuple(float(x) for x in p.stdout.strip().splitlines()[-1].split())
     return out
 
 
 def run_jobs(
-    names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print, timeout_s: float = 1800
+    names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print, timeout_s: float = 1800,
+    device: str = "cpu", on_row=None,
 ) -> dict:
-    """Run everything; returns `{"rows": [Row...], "peaks": ..., "meta": ...}`."""
+    """Run everything on `device` ("cpu" or "gpu"); returns `{"rows": [Row...], "peaks": ..., "meta": ...}`.
+
+    `on_row(out)`, if given, gets that dict after every finished row (the rows so far, `meta["complete"]`
+    False until the last): `launch/bench.py` writes its JSON there, so a run cut short keeps its rows.
+    """
     unknown = [n for n in names if n not in JOBS]
     if unknown:
         raise ValueError(f"unknown job(s) {unknown}; known: {', '.join(JOBS)}")
+    check_device(device)
     t0 = time.perf_counter()
-    ctx, cfg = prepare(names=names)
+    ctx, cfg = prepare(names=names, device=device)
     log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
-    peaks = measure_peaks(ctx.threads)
+    peaks = measure_peaks(ctx.threads, device)
     log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
         f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads; "
         f"read bandwidth JAX {peaks[JAX][2] / 1e9:.1f} GB/s, PyTorch {peaks[TORCH][2] / 1e9:.1f} GB/s")
     rows = []
+
+    def result(complete: bool) -> dict:
+        meta = {
+            "model": ctx.model, "device": device, "device_name": _device_name(device), "threads": ctx.threads,
+            "repeats": repeats, "total_s": time.perf_counter() - t0, "complete": complete,
+            "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
+            "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,
+            "jax_read_gbps": peaks[JAX][2] / 1e9, "torch_read_gbps": peaks[TORCH][2] / 1e9,
+        }
+        return {"rows": list(rows), "peaks": peaks, "meta": meta}
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             res, err = {}, None
@@ -193,7 +228,7 @@ def run_jobs(
                     f.write(dataclasses.replace(ctx, prior=dict(res)).to_json())
                 ts = time.perf_counter()
                 try:
-                    res[side] = run_side(spec, name, side, repeats, timeout_s)
+                    res[side] = run_side(spec, name, side, repeats, timeout_s, device)
                 except Exception as e:  # noqa: BLE001 -- one failing side must not lose the other rows
                     err = f"{side}: {e}"
                     log(f"  {name}/{side} FAILED: {e}")
@@ -207,13 +242,22 @@ def run_jobs(
             row = make_row(name, cfg, ctx.inputs, res, peaks)
             row.error = err
             rows.append(row)
-    meta = {
-        "model": ctx.model, "threads": ctx.threads, "repeats": repeats, "total_s": time.perf_counter() - t0,
-        "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
-        "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,
-        "jax_read_gbps": peaks[JAX][2] / 1e9, "torch_read_gbps": peaks[TORCH][2] / 1e9,
-    }
-    return {"rows": rows, "peaks": peaks, "meta": meta}
+            if on_row is not None and len(rows) < len(names):
+                on_row(result(complete=False))
+    out = result(complete=True)
+    if on_row is not None:
+        on_row(out)
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "gpu":
+        import jax
+
+        return f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {cpu_count()} cores"
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -223,6 +267,8 @@ def format_table(rows: Sequence[Row]) -> str:
     head = ("job", "jax min/med s", "torch min/med s", "ratio", "cpu ratio", "jax tok/s", "torch tok/s",
             "jax %peak", "torch %peak", "jax %peak cpu", "torch %peak cpu", "jax %bw", "torch %bw", "jax RSS MB",
             "torch RSS MB", "agree")
+    gpu = any(r.gpu_peak_mb is not None or r.torch_gpu_peak_mb is not None for r in rows)
+    head += ("jax GPU MB", "torch GPU MB") if gpu else ()
     lines = [head]
     for r in rows:
         lines.append((
@@ -236,7 +282,7 @@ def format_table(rows: Sequence[Row]) -> str:
             f(r.torch_flops_share_cpu and 100 * r.torch_flops_share_cpu, ".0f"),
             f(r.bw_share and 100 * r.bw_share, ".0f"), f(r.torch_bw_share and 100 * r.torch_bw_share, ".0f"),
             f(r.peak_rss_mb, ".0f"), f(r.torch_peak_rss_mb, ".0f"), f(r.agree, ".3f"),
-        ))
+        ) + ((f(r.gpu_peak_mb, ".0f"), f(r.torch_gpu_peak_mb, ".0f")) if gpu else ()))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -3,8 +3,10 @@
     python -m sycojax.bench.worker SPEC.json JOB SIDE REPEATS
 
 SPEC.json holds a serialized `Context`. The last stdout line is `RESULT <json>` with the timings,
-the check value, the job's extra figures (`info`) and this process's peak RSS (see `hardware.peak_rss_mb`). PyTorch gets
-`torch.set_num_threads(ctx.threads)` (all cores); XLA's CPU client uses all cores by default.
+the check value, the job's extra figures (`info`), this process's peak RSS (see `hardware.peak_rss_mb`)
+and, on a GPU (`ctx.device`), its peak GPU memory. PyTorch gets `torch.set_num_threads(ctx.threads)` (all
+cores) and, on a GPU, the model and every input on cuda:0 (placed explicitly by the jobs) and a
+`torch.cuda.synchronize()` at the end of each timed run; XLA's CPU client uses all cores by default.
 """
 
 from __future__ import annotations
@@ -19,20 +21,22 @@ RESULT_MARK = "RESULT "
 
 def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
     from sycojax.bench.context import Context
-    from sycojax.bench.hardware import peak_rss_mb
+    from sycojax.bench.hardware import device_peak_mb, peak_rss_mb, setup_jax, setup_torch
     from sycojax.bench.jobs import JAX, JOBS, TORCH
     from sycojax.bench.timing import time_fn
 
     with open(spec_path) as f:
         ctx = Context.from_json(f.read())
-    threads = None
+    threads, sync = None, None
     if side == TORCH:
         import torch
 
         torch.set_num_threads(ctx.threads)
         threads = torch.get_num_threads()
+        sync = setup_torch(ctx.device)
     elif side == JAX:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        setup_jax(ctx.device)
     else:
         raise ValueError(f"unknown side {side!r}")
     t0 = time.perf_counter()
@@ -44,11 +48,12 @@ def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
         last[:] = [work.run()]
         return last[0]
 
-    timing = time_fn(once, repeats=repeats, warmup=work.warmup)
+    timing = time_fn(once, repeats=repeats, warmup=work.warmup, **({"sync": sync} if sync else {}))
     return {
         "job": job_name, "side": side, "times_s": list(timing.times_s), "min_s": timing.min_s,
         "median_s": timing.median_s, "cpu_times_s": list(timing.cpu_times_s), "cpu_min_s": timing.cpu_min_s,
         "first_s": timing.first_s, "setup_s": setup_s, "peak_rss_mb": peak_rss_mb(), "threads": threads,
+        "device_peak_mb": device_peak_mb(side, ctx.device),
         "check": work.check(last[0]), "info": work.info(last[0]),
     }
 

@@ -111,3 +111,57 @@ def test_bench_forward_jax_side_writes_json(tmp_path):
     assert row["name"] == "forward" and row["jax_s"] > 0 and row["torch_s"] is None
     assert 0 < row["flops_share"] < 2 and row["peak_rss_mb"] > 100 and row["jax_tokens_per_s"] > 0
     assert "| forward" in proc.stdout
+
+
+def test_device_switch_names_the_problem():
+    import jax
+
+    from sycojax.bench.context import Context, Inputs
+    from sycojax.bench.hardware import device_peak_mb, jax_platform, setup_jax, setup_torch, torch_device
+    from sycojax.bench.runner import run_jobs
+
+    assert (jax_platform("cpu"), jax_platform("gpu")) == ("cpu", "cuda")
+    assert (torch_device("cpu"), torch_device("gpu")) == ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; choose one of cpu, gpu"):
+        jax_platform("tpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        run_jobs(["forward"], 1, device="tpu")  # refused before anything is prepared
+    assert device_peak_mb("jax", "cpu") is None
+    ctx = Context("m", "/x", Inputs([[1]], [[1]], 0, 10), 2, device="gpu")
+    assert Context.from_json(ctx.to_json()) == ctx
+    old = json.loads(ctx.to_json())
+    del old["device"]  # a spec written before the switch existed
+    assert Context.from_json(json.dumps(old)).device == "cpu"
+    if jax.default_backend() != "gpu":
+        with pytest.raises(RuntimeError, match="install jax\\[cuda\\]"):
+            setup_jax("gpu")
+        assert jax.config.jax_default_matmul_precision is None  # refused: nothing changed
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA build of PyTorch"):
+            setup_torch("gpu")
+    assert setup_torch("cpu")(3) == 3
+
+
+def test_table_shows_gpu_memory_only_when_measured():
+    assert "GPU MB" not in format_table([Row("forward", jax_s=1.0, torch_s=2.0)])
+    table = format_table([Row("forward", jax_s=1.0, torch_s=2.0, gpu_peak_mb=812.0, torch_gpu_peak_mb=1024.0)])
+    assert "jax GPU MB" in table and "| 812 " in table and "| 1024 " in table
+
+
+def test_run_jobs_hands_over_every_finished_row(monkeypatch):
+    """A run cut short (a timeout, a lost machine) keeps what it finished: `on_row` sees each row."""
+    from sycojax.bench import runner
+    from sycojax.bench.context import Context, Inputs
+
+    ctx = Context("m", "/x", Inputs([[1]], [[1]], 0, 10), 2)
+    monkeypatch.setattr(runner, "prepare", lambda names, device: (ctx, None))
+    monkeypatch.setattr(runner, "measure_peaks", lambda threads, device: {"jax": (1e9, 1e9, 1e9),
+                                                                          "torch": (1e9, 1e9, 1e9)})
+    fake = {"min_s": 1.0, "median_s": 1.0, "cpu_min_s": 1.0, "first_s": 1.0, "setup_s": 0.0,
+            "peak_rss_mb": 100.0, "check": [1], "info": None}
+    monkeypatch.setattr(runner, "run_side", lambda *a, **k: dict(fake))
+    seen = []
+    out = runner.run_jobs(["consolidate_e2e", "consolidate_e2e"], 1, log=lambda s: None,
+                          on_row=lambda o: seen.append((len(o["rows"]), o["meta"]["complete"])))
+    assert seen == [(1, False), (2, True)] and out["meta"]["complete"] and out["rows"][0].ratio == 1.0

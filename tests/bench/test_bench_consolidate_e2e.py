@@ -122,11 +122,11 @@ def test_runner_runs_torch_first_hands_over_its_result_and_builds_the_row(monkey
     ctx = Context("tiny", "/nowhere", Inputs([], [], 0, cfg.vocab_size), 1, {E2E: {}})
     calls, prepared = [], []
 
-    def fake_prepare(model=None, threads=None, names=()):
+    def fake_prepare(model=None, threads=None, names=(), device="cpu"):
         prepared.extend(names)
         return ctx, cfg
 
-    def fake_run_side(spec_path, job, side, repeats, timeout_s=600):
+    def fake_run_side(spec_path, job, side, repeats, timeout_s=600, device="cpu"):
         with open(spec_path) as f:
             c = Context.from_json(f.read())
         calls.append((job, side, sorted(c.prior)))
@@ -141,7 +141,8 @@ def test_runner_runs_torch_first_hands_over_its_result_and_builds_the_row(monkey
 
     monkeypatch.setattr(runner, "prepare", fake_prepare)
     monkeypatch.setattr(runner, "run_side", fake_run_side)
-    monkeypatch.setattr(runner, "measure_peaks", lambda threads: {JAX: (1e9, 1e9, 1e10), TORCH: (1e9, 1e9, 1e10)})
+    monkeypatch.setattr(runner, "measure_peaks", lambda threads, device: {JAX: (1e9, 1e9, 1e10),
+                                                                          TORCH: (1e9, 1e9, 1e10)})
     out = runner.run_jobs([E2E, "forward"], 1, log=lambda s: None)
     assert prepared == [E2E, "forward"]
     assert calls == [(E2E, TORCH, []), (E2E, JAX, [TORCH]), ("forward", JAX, []), ("forward", TORCH, [JAX])]
