@@ -154,8 +154,6 @@ def attention(
     `impl="xla"` is the einsum reference (softmax in fp32); `impl="cudnn"` calls
     `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only).
     """
-    b, t, n, h = q.shape
-    m = k.shape[2]
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     if impl != "xla":
@@ -188,15 +186,64 @@ def attention_kv_major(
     probabilities.
     """
     b, t, n, h = q.shape
-    m, s = k_t.shape[1], k_t.shape[3]
+    m = k_t.shape[1]
     g = n // m
     qg = jnp.transpose(q.reshape(b, t, m, g, h), (0, 2, 3, 1, 4)).reshape(b, m, g * t, h)
-    scores = jnp.einsum("bmqh,bmhs->bmqs", qg, k_t).astype(jnp.float32).reshape(b, m, g, t, s) / math.sqrt(h)
-    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))  # shift: exact, no gradient
-    out = jnp.einsum("bmqs,bmsh->bmqh", e.reshape(b, m, g * t, s).astype(v_m.dtype), v_m).reshape(b, m, g, t, h)
-    out = out / e.sum(-1)[..., None].astype(out.dtype)
+    out = _attention_core(qg, k_t, v_m, mask).reshape(b, m, g, t, h)
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h)
+
+
+def _scores(qg, k_t, mask):
+    """Masked, scaled scores `(b, m, g, t, s)` in fp32 for queries `qg (b, m, g·t, h)`."""
+    b, m, q, h = qg.shape
+    t, s = mask.shape[2], k_t.shape[3]
+    scores = jnp.einsum("bmqh,bmhs->bmqs", qg, k_t).astype(jnp.float32).reshape(b, m, q // t, t, s) / math.sqrt(h)
+    return jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+
+
+@jax.custom_vjp
+def _attention_core(qg, k_t, v_m, mask):
+    """`softmax(q kᵀ/√h + mask) v` on the head-major layouts, `(b, m, g·t, h)`; see `_attention_core_bwd`."""
+    return _attention_core_fwd(qg, k_t, v_m, mask)[0]
+
+
+def _attention_core_fwd(qg, k_t, v_m, mask):
+    b, m, q, _ = qg.shape
+    scores = _scores(qg, k_t, mask)
+    mx = scores.max(-1, keepdims=True)
+    e = jnp.exp(scores - mx)
+    denom = e.sum(-1)
+    out = jnp.einsum("bmqs,bmsh->bmqh", e.reshape(b, m, q, -1).astype(v_m.dtype), v_m)
+    out = out / denom.reshape(b, m, q)[..., None].astype(out.dtype)
+    # (b, m, g, t) each: all the backward needs of the probabilities. Not a single log-normaliser `mx + log
+    # denom`: for a query that sees no key, mx = finfo.min absorbs log denom and the weights would come out 1.
+    return out, (qg, k_t, v_m, mask, out, mx[..., 0], denom)
+
+
+def _attention_core_bwd(res, d_out):
+    """Flash-attention-style backward: the probabilities are recomputed from the scores and the saved
+    row max and normaliser instead of being kept. Under `lax.scan` autodiff would otherwise stack every layer's
+    `(b, m, g, t, s)` probabilities (and the exp before them) for the backward pass: the largest residuals of
+    a training step, whose zero-filling and strided writes cost more on XLA:CPU than one more `q kᵀ`.
+
+        p = exp(scores − max) / Σ,  dv = pᵀ dout,  dp = dout vᵀ,  ds = p ⊙ (dp − rowsum(dout ⊙ out)),
+        dq = ds k / √h,  dkᵀ = qᵀ ds / √h      (ds = 0 where masked; the mask gets no cotangent)
+    """
+    qg, k_t, v_m, mask, out, mx, denom = res
+    b, m, q, h = qg.shape
+    p = (jnp.exp(_scores(qg, k_t, mask) - mx[..., None]) / denom[..., None]).reshape(b, m, q, -1)  # masked: 0
+    d_out32 = d_out.astype(jnp.float32)
+    dv = jnp.einsum("bmqs,bmqh->bmsh", p.astype(v_m.dtype), d_out.astype(v_m.dtype))
+    dp = jnp.einsum("bmqh,bmsh->bmqs", d_out, v_m).astype(jnp.float32)
+    ds = p * (dp - jnp.sum(d_out32 * out.astype(jnp.float32), -1, keepdims=True)) / math.sqrt(h)
+    # a masked score is a constant: no gradient (matters only for a query that sees no key, where p ≠ 0)
+    ds = jnp.where(mask[:, :, None], ds.reshape(b, m, -1, mask.shape[2], ds.shape[-1]), 0.0).reshape(ds.shape)
+    dq = jnp.einsum("bmqs,bmhs->bmqh", ds.astype(qg.dtype), k_t)
+    dk_t = jnp.einsum("bmqh,bmqs->bmhs", qg, ds.astype(qg.dtype))
+    return dq.astype(qg.dtype), dk_t.astype(k_t.dtype), dv.astype(v_m.dtype), None
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def attention_with_cache(
