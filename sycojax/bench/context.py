@@ -90,8 +90,10 @@ class Context:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from sycojax.bench.hardware import torch_device
+
         m = AutoModelForCausalLM.from_pretrained(self.hf_dir, dtype=torch.float32, local_files_only=True)
-        return m.to("cuda" if self.device == "gpu" else "cpu").eval()
+        return m.to(torch_device(self.device)).eval()
 
 
 def export_for_torch(model: str = MODEL) -> Path:
