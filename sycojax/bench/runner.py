@@ -207,11 +207,11 @@ def run_jobs(
     log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
         f"PyTorch {peaks[TORCH][0] / 1e9:.1f} GFLOP/s ({peaks[TORCH][1] / 1e9:.1f} per CPU-s), {ctx.threads} threads; "
         f"read bandwidth JAX {peaks[JAX][2] / 1e9:.1f} GB/s, PyTorch {peaks[TORCH][2] / 1e9:.1f} GB/s")
-    rows = []
+    rows, device_name = [], _device_name(device)
 
     def result(complete: bool) -> dict:
         meta = {
-            "model": ctx.model, "device": device, "device_name": _device_name(device), "threads": ctx.threads,
+            "model": ctx.model, "device": device, "device_name": device_name, "threads": ctx.threads,
             "repeats": repeats, "total_s": time.perf_counter() - t0, "complete": complete,
             "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
             "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,

@@ -23,11 +23,11 @@ def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
     from sycojax.bench.context import Context
     from sycojax.bench.hardware import device_peak_mb, peak_rss_mb, setup_jax, setup_torch
     from sycojax.bench.jobs import JAX, JOBS, TORCH
-    from sycojax.bench.timing import time_fn
+    from sycojax.bench.timing import block, time_fn
 
     with open(spec_path) as f:
         ctx = Context.from_json(f.read())
-    threads, sync = None, None
+    threads, sync = None, block  # JAX: wait for the arrays; PyTorch: `setup_torch`'s (a CUDA sync on a GPU)
     if side == TORCH:
         import torch
 
@@ -48,7 +48,7 @@ def run(spec_path: str, job_name: str, side: str, repeats: int) -> dict:
         last[:] = [work.run()]
         return last[0]
 
-    timing = time_fn(once, repeats=repeats, warmup=work.warmup, **({"sync": sync} if sync else {}))
+    timing = time_fn(once, repeats=repeats, warmup=work.warmup, sync=sync)
     return {
         "job": job_name, "side": side, "times_s": list(timing.times_s), "min_s": timing.min_s,
         "median_s": timing.median_s, "cpu_times_s": list(timing.cpu_times_s), "cpu_min_s": timing.cpu_min_s,
