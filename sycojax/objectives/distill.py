@@ -57,13 +57,53 @@ def token_kl(
 ) -> Float[Array, "..."]:
     """Per-position `KL(p ‖ s) = Σ_v p_v (log p_v − log s_v)`, natural log, fp32.
 
-    Computed from `log_softmax` (max-subtracted), so large logits do not overflow; vocabulary
-    entries with p_v = 0 (teacher logit −inf) contribute 0.
+    Max-subtracted, so large logits do not overflow; vocabulary entries with p_v = 0 (teacher
+    logit −inf) contribute 0. Differentiable in both arguments (`_kl_core`'s hand-written backward).
     """
-    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
-    log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    return _kl_core(teacher_logits.astype(jnp.float32) / temperature, student_logits.astype(jnp.float32) / temperature)
+
+
+@jax.custom_vjp
+def _kl_core(t: Float[Array, "... v"], s: Float[Array, "... v"]) -> Float[Array, "..."]:
+    """`KL(softmax(t) ‖ softmax(s))` per row, written as few passes over the vocabulary as it takes.
+
+    With `m_t, m_s` the row maxima, `e_v = exp(t_v − m_t)`, `Z_t = Σ e`, `Z_s = Σ exp(s − m_s)` and the
+    log-normalisers `L_t = m_t + log Z_t`, `L_s = m_s + log Z_s`:
+
+        KL = Σ_v p_v (t_v − L_t − s_v + L_s) = (Σ_v e_v (t_v − s_v)) / Z_t − L_t + L_s
+
+    — two reading passes (maxima; then the three sums), no (…, V) log-softmax arrays. The backward is
+    one more pass: `∂KL/∂s = softmax(s) − p`, `∂KL/∂t = p ⊙ (log p − log s − KL)`. Autodiff of the
+    log-softmax form instead materialises several (…, V) intermediates; on XLA:CPU this form's value
+    and gradient take about half the time at (4, 256, 49152).
+    """
+    return _kl_fwd(t, s)[0]
+
+
+def _kl_fwd(t, s):
+    m_t = jnp.max(t, axis=-1, keepdims=True)
+    m_s = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(t - m_t)
+    z_t = jnp.sum(e, axis=-1)
+    z_s = jnp.sum(jnp.exp(s - m_s), axis=-1)
+    cross = jnp.sum(jnp.where(e > 0, e * (t - s), 0.0), axis=-1)  # p_v = 0 contributes 0, not 0·(−inf)
+    lse_t = m_t[..., 0] + jnp.log(z_t)
+    lse_s = m_s[..., 0] + jnp.log(z_s)
+    kl = cross / z_t - lse_t + lse_s
+    return kl, (t, s, lse_t, lse_s, kl)
+
+
+def _kl_bwd(res, g):
+    t, s, lse_t, lse_s, kl = res
+    log_p = t - lse_t[..., None]
+    log_q = s - lse_s[..., None]
     p = jnp.exp(log_p)
-    return jnp.sum(jnp.where(p > 0, p * (log_p - log_s), 0.0), axis=-1)
+    g = g[..., None]
+    d_t = g * jnp.where(p > 0, p * (log_p - log_q - kl[..., None]), 0.0)
+    return d_t, g * (jnp.exp(log_q) - p)
+
+
+_kl_core.defvjp(_kl_fwd, _kl_bwd)
 
 
 @functools.partial(jax.jit, static_argnames="last_only")
