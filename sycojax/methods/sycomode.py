@@ -162,10 +162,17 @@ def _teacher_logprobs(params, prefix_cache, suffix, valid, gather_pos, *, cfg, t
 
 
 def _prefix_cache(params, cfg, prefix: Sequence[int]):
-    q = len(prefix)
+    """The context prefix's K/V (batch 1), computed once per teacher pass."""
+    return _prefix_cache_jit(params, jnp.asarray([prefix], jnp.int32), cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _prefix_cache_jit(params, tokens, *, cfg):
+    # jitted: run eagerly, this 48-token forward took ~0.9 s of op-by-op dispatch (0.1 s compiled)
+    q = tokens.shape[1]
     mask = (jnp.arange(q)[None, :] <= jnp.arange(q)[:, None])[None, None]
-    out = forward(params, jnp.asarray([prefix]), cfg=cfg, positions=jnp.arange(q)[None], mask=mask,
-                  cache=init_cache(cfg, 1, q), return_logits=False)
+    out = forward(params, tokens, cfg=cfg, positions=jnp.arange(q)[None], mask=mask, cache=init_cache(cfg, 1, q),
+                  return_logits=False)
     return out.cache
 
 
