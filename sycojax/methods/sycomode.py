@@ -154,8 +154,10 @@ def _teacher_logprobs(params, prefix_cache, suffix, valid, gather_pos, *, cfg, t
     key_valid = jnp.concatenate([jnp.ones((b, q), bool), valid], axis=1)
     mask = (jnp.arange(s)[None, :] <= (q + jnp.arange(t))[:, None])[None, None] & key_valid[:, None, None, :]
     out = forward(params, suffix, cfg=cfg, positions=q + jnp.arange(t)[None].repeat(b, 0), mask=mask,
-                  cache=cache, cache_index=q)
-    logits = jnp.take_along_axis(out.logits, gather_pos[..., None], axis=1)  # (B, R, V)
+                  cache=cache, cache_index=q, return_logits=False)
+    # the LM head at the response positions only (as the student's loss): (B, R, D) -> (B, R, V)
+    h = jnp.take_along_axis(out.final_hidden, gather_pos[..., None], axis=1)
+    logits = jnp.einsum("brd,vd->brv", h, lm_head_weight(params, cfg)).astype(jnp.float32)
     if full:
         return jax.nn.log_softmax(logits / temperature, axis=-1)
     return obj.teacher_topk(logits, topk, temperature)
