@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
             teacher_top_p=0.95,
             samples_per_query=1,
             last_only=False,  # upstream SyCoMode: distil only the last position
+            pack=True,  # training rows end to end in one row (block-diagonal mask) when it saves >= 10% of the slots
         )
     )
     c.data = ml_collections.ConfigDict(

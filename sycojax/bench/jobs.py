@@ -385,6 +385,7 @@ def consolidate_settings() -> dict:
     return {
         "context": c.data.context, "lora_rank": int(m.lora_rank), "lora_alpha": float(m.lora_alpha),
         "topk": int(m.topk) if E2E_TOPK is None else E2E_TOPK, "topk_tail": bool(m.topk_tail),
+        "pack": bool(m.get("pack", False)),
         "teacher_temperature": float(m.teacher_temperature), "teacher_top_p": float(m.teacher_top_p),
         "optim": {k: o[k] for k in ("name", "lr", "schedule", "warmup_frac", "weight_decay", "clip_norm", "b1",
                                     "b2", "eps")},
@@ -449,6 +450,7 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
     import jax.numpy as jnp
 
     from sycojax.adapters import LoraConfig
+    from sycojax.masks import packing as pk
     from sycojax.methods import sycomode as sm
     from sycojax.train.optim import make_optimizer
     from sycojax.train.step import make_train_step
@@ -463,7 +465,10 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
     init = sm.init_trainable(params, cfg, spec, jax.random.key(0))
     frozen = {"base": params}
     tx, schedule = make_optimizer(s["optim"], s["max_steps"])  # a constant lr (consolidate_settings checks)
-    step_fn = jax.jit(make_train_step(sm.make_loss_fn(cfg, spec), tx, schedule, seed=0, dtype=jnp.float32),
+    # as `consolidate.run` packs: each batch's rows end to end when that saves >= 10% of the padded slots
+    lengths = [len(x) + len(r) for x, r in zip(data["train"]["student"], train_resp)]
+    packing = pk.plan(lengths, b, sm.bucket_length(max(lengths))) if s.get("pack", False) else None
+    step_fn = jax.jit(make_train_step(sm.make_loss_fn(cfg, spec, packing), tx, schedule, seed=0, dtype=jnp.float32),
                       donate_argnums=(0, 1, 2))
 
     def held_out_kl(trainable, eval_t) -> float:
@@ -501,7 +506,8 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
         return {"kl_target": r["target"], "jax_steps": r["steps"], "jax_kl": r["kl"],
                 "jax_reached": None if r["target"] is None else bool(r["kl"] <= r["target"]),
                 "jax_kl_curve": r["curve"], "jax_final_loss": r["loss"], "jax_kl_before": kl_before,
-                "jax_max_steps": r["max_steps"], "eval_every": r["eval_every"]}
+                "jax_max_steps": r["max_steps"], "eval_every": r["eval_every"],
+                "jax_packing": None if packing is None else [packing.rows, packing.length]}
 
     return Workload(run, check=lambda r: [kl_before], info=info)
 

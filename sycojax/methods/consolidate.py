@@ -31,6 +31,7 @@ from sycojax.models import Adapters
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import chat_ids, load_tokenizer
 from sycojax.train import ArrayIterator, train
+from sycojax.train import sharding as shd
 
 REPORT = "report.json"
 
@@ -246,6 +247,12 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
     bs = min(c.train.batch_size, arrays["tokens"].shape[0])
     c.train.batch_size = bs
     data = ArrayIterator(arrays, bs, seed=c.train.seed)
+    # pack each device's micro-batch rows end to end when that saves >= 10% of the padded slots (same loss)
+    rows = bs // int(c.train.grad_accum) // shd.data_parallel_size(shd.make_mesh(c.mesh.to_dict()))
+    packing = sm.packing_plan(targets, rows, enabled=bool(c.method.get("pack", True)))
+    if packing is not None:
+        log(f"packing {packing.rows} rows into {packing.length} tokens (unpacked: {packing.rows} x "
+            f"{arrays['tokens'].shape[1]})")
     curve: list[tuple[int, float]] = [(0, kl_before)]
 
     def eval_fn(tr, step):
@@ -256,7 +263,7 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
 
     metadata = {"base_model": info.id, "base_hash": info.content_hash, "method": spec.method,
                 "fingerprint": fingerprint, "context_sha256": hashlib.sha256(context.encode()).hexdigest()}
-    result = train(sm.make_loss_fn(cfg, spec), trainable, frozen, data, c, str(workdir), metadata=metadata,
+    result = train(sm.make_loss_fn(cfg, spec, packing), trainable, frozen, data, c, str(workdir), metadata=metadata,
                    eval_fn=eval_fn, resume=resume)
     trainable = jax.device_get(result.trainable)
     t0 = lap("train", t0)

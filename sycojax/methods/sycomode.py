@@ -33,6 +33,7 @@ from sycojax import objectives as obj
 from sycojax.adapters import LoraConfig, init_lora, init_memory, insert_after_bos, merge_lora
 from sycojax.infer.generate import GREEDY, Sampling, generate
 from sycojax.masks import causal_padding
+from sycojax.masks import packing as pk
 from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight
 from sycojax.models.tokenizer import chat_ids
 
@@ -178,7 +179,8 @@ def _prefix_cache_jit(params, tokens, *, cfg):
     return out.cache
 
 
-def _bucket(n: int, b: int = 16) -> int:
+def bucket_length(n: int, b: int = 16) -> int:
+    """`n` rounded up to a multiple of `b`: the padded width of a set of rows (few compiled shapes)."""
     return -(-n // b) * b
 
 
@@ -199,6 +201,10 @@ class Targets:
     topk_logprobs: np.ndarray | None = None  # (N, R, k)
     teacher_logprobs: np.ndarray | None = None  # (N, R, V) full teacher log-probs (eval)
 
+    def lengths(self) -> np.ndarray:
+        """Real tokens per row (prompt + response): `row_lengths` on the host."""
+        return np.max(np.where(self.resp_weights > 0, self.resp_pos + 2, 0), axis=1).astype(np.int32)
+
     def train_arrays(self) -> dict[str, np.ndarray]:
         return dict(tokens=self.tokens, resp_pos=self.resp_pos, resp_weights=self.resp_weights,
                     topk_idx=self.topk_idx, topk_logprobs=self.topk_logprobs,
@@ -218,8 +224,8 @@ def teacher_targets(
     if n == 0:
         raise ConsolidationError("no teacher responses to train on")
     r_max = max(1, max(len(r) for r in responses))
-    t_student = _bucket(max(len(s) + len(r) for s, r in zip(prompts.student, responses)))
-    t_teacher = _bucket(max(len(s) + len(r) for s, r in zip(prompts.teacher_suffix, responses)))
+    t_student = bucket_length(max(len(s) + len(r) for s, r in zip(prompts.student, responses)))
+    t_teacher = bucket_length(max(len(s) + len(r) for s, r in zip(prompts.teacher_suffix, responses)))
     check_length(cfg, len(prompts.teacher_prefix) + t_teacher, "context + query + response")
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     tokens = np.full((n, t_student), pad, np.int32)
@@ -268,7 +274,7 @@ def context_lm_targets(tok, cfg: ModelConfig, context: str, spec: Spec) -> Targe
     bos = cfg.bos_token_id if cfg.bos_token_id is not None else ids[0]
     row = insert_after_bos([bos] + ids, cfg, spec.n_mem)
     check_length(cfg, len(row), "the context")
-    t = _bucket(len(row))
+    t = bucket_length(len(row))
     tokens = np.full((1, t), cfg.pad_token_id or 0, np.int32)
     tokens[0, : len(row)] = row
     pos = np.arange(spec.n_mem, len(row) - 1)  # from the last memory token (or BOS): predict the context
@@ -299,8 +305,24 @@ def split_trees(params, trainable: dict, spec: Spec) -> tuple[dict, Adapters]:
     return params, Adapters(embeddings=trainable["memory"])
 
 
-def make_loss_fn(cfg: ModelConfig, spec: Spec):
+def row_lengths(resp_pos, resp_weights):
+    """Real tokens per row: the last response token sits one after the position that predicts it."""
+    return jnp.max(jnp.where(resp_weights > 0, resp_pos + 2, 0), axis=1)
+
+
+def packing_plan(targets: Targets, rows: int, enabled: bool = True) -> pk.Packing | None:
+    """How the loss packs its rows (`masks.packing`): `rows` consecutive rows of a (per-device) micro-batch
+    end to end in one row, when that saves >= 10% of the padded slots; None = unpacked."""
+    if not enabled:
+        return None
+    return pk.plan(targets.lengths(), rows, targets.tokens.shape[1])
+
+
+def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None):
     """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`).
+
+    With `packing` (`packing_plan`), each group of `packing.rows` rows runs as one row of `packing.length`
+    tokens with a block-diagonal causal mask: the same loss without the padding slots' compute.
 
     loss = Σ_j w_j · CE(teacher top-k at response token j ‖ softmax(student logits / T)) / Σ_j w_j,
     which is KL(teacher‖student) on the top-k support plus the (constant) teacher top-k entropy; with
@@ -313,13 +335,21 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec):
         del rng
         params, adapters = split_trees(frozen.get("base"), trainable, spec)
         tokens = batch["tokens"]
-        valid = jnp.ones(tokens.shape, bool)  # right padding: causal alone keeps real tokens clean
-        out = forward(params, tokens, cfg=cfg, positions=jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0),
-                      mask=causal_padding(valid), adapters=adapters, return_logits=False)
+        if packing is None:
+            valid = jnp.ones(tokens.shape, bool)  # right padding: causal alone keeps real tokens clean
+            positions = jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0)
+            out = forward(params, tokens, cfg=cfg, positions=positions, mask=causal_padding(valid), adapters=adapters,
+                          return_logits=False)
+            h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
+        else:
+            lengths = row_lengths(batch["resp_pos"], batch["resp_weights"])
+            packed, positions, mask, starts = pk.pack(tokens, lengths, packing)
+            out = forward(params, packed, cfg=cfg, positions=positions, mask=mask, adapters=adapters,
+                          return_logits=False)
+            h = pk.gather(out.final_hidden, starts, batch["resp_pos"])  # (B, R, D)
         weights = batch["resp_weights"]
         if spec.last_only:
             weights = obj.last_only_weights(weights)
-        h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
         loss = obj.distill_topk_from_hidden(
             h, lm_head_weight(params, cfg), batch["topk_idx"], batch["topk_logprobs"], weights,
             temperature=spec.temperature, tail=spec.topk_tail,
