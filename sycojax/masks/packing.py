@@ -60,7 +60,7 @@ def pack(
     """`(tokens, positions, mask, starts)` of the packed batch; `starts[g, i]` = slot of row `g·rows + i`'s first token.
 
     Rows must fit: Σ lengths of each group <= `p.length` (`plan` guarantees it for the lengths it saw);
-    a longer group would lose its last tokens silently, so check with `fits` on the host when unsure.
+    a longer group would lose its last tokens silently.
     """
     b, t = tokens.shape
     if b % p.rows:
@@ -90,10 +90,3 @@ def gather(hidden: Array, starts: Int[Array, "g r"], positions: Int[Array, "b n"
     out = jnp.take_along_axis(hidden, idx, axis=1)
     return out.reshape((b, n) + hidden.shape[2:])
 
-
-def fits(lengths, p: Packing) -> bool:
-    """Whether every group of `p.rows` consecutive `lengths` fits in `p.length` slots (host side)."""
-    lengths = np.asarray(lengths, np.int64)
-    if lengths.size % p.rows:
-        return False
-    return bool((lengths.reshape(-1, p.rows).sum(1) <= p.length).all())

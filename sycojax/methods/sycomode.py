@@ -203,7 +203,7 @@ class Targets:
 
     def lengths(self) -> np.ndarray:
         """Real tokens per row (prompt + response): `row_lengths` on the host."""
-        return np.max(np.where(self.resp_weights > 0, self.resp_pos + 2, 0), axis=1).astype(np.int32)
+        return row_lengths(self.resp_pos, self.resp_weights, np).astype(np.int32)
 
     def train_arrays(self) -> dict[str, np.ndarray]:
         return dict(tokens=self.tokens, resp_pos=self.resp_pos, resp_weights=self.resp_weights,
@@ -305,9 +305,9 @@ def split_trees(params, trainable: dict, spec: Spec) -> tuple[dict, Adapters]:
     return params, Adapters(embeddings=trainable["memory"])
 
 
-def row_lengths(resp_pos, resp_weights):
+def row_lengths(resp_pos, resp_weights, xp=jnp):
     """Real tokens per row: the last response token sits one after the position that predicts it."""
-    return jnp.max(jnp.where(resp_weights > 0, resp_pos + 2, 0), axis=1)
+    return xp.max(xp.where(resp_weights > 0, resp_pos + 2, 0), axis=1)
 
 
 def packing_plan(targets: Targets, rows: int, enabled: bool = True) -> pk.Packing | None:
