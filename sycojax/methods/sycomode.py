@@ -335,17 +335,16 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None
         del rng
         params, adapters = split_trees(frozen.get("base"), trainable, spec)
         tokens = batch["tokens"]
-        if packing is None:
-            valid = jnp.ones(tokens.shape, bool)  # right padding: causal alone keeps real tokens clean
+        if packing is None:  # right padding: causal alone keeps real tokens clean
             positions = jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0)
-            out = forward(params, tokens, cfg=cfg, positions=positions, mask=causal_padding(valid), adapters=adapters,
-                          return_logits=False)
-            h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
+            mask = causal_padding(jnp.ones(tokens.shape, bool))
         else:
             lengths = row_lengths(batch["resp_pos"], batch["resp_weights"])
-            packed, positions, mask, starts = pk.pack(tokens, lengths, packing)
-            out = forward(params, packed, cfg=cfg, positions=positions, mask=mask, adapters=adapters,
-                          return_logits=False)
+            tokens, positions, mask, starts = pk.pack(tokens, lengths, packing)
+        out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, adapters=adapters, return_logits=False)
+        if packing is None:
+            h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
+        else:
             h = pk.gather(out.final_hidden, starts, batch["resp_pos"])  # (B, R, D)
         weights = batch["resp_weights"]
         if spec.last_only:
