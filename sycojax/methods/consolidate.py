@@ -31,7 +31,6 @@ from sycojax.models import Adapters
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import chat_ids, load_tokenizer
 from sycojax.train import ArrayIterator, train
-from sycojax.train import sharding as shd
 
 REPORT = "report.json"
 
@@ -248,8 +247,7 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
     c.train.batch_size = bs
     data = ArrayIterator(arrays, bs, seed=c.train.seed)
     # pack each device's micro-batch rows end to end when that saves >= 10% of the padded slots (same loss)
-    rows = bs // int(c.train.grad_accum) // shd.data_parallel_size(shd.make_mesh(c.mesh.to_dict()))
-    packing = sm.packing_plan(targets, rows, enabled=bool(c.method.get("pack", True)))
+    packing = sm.loop_packing(targets, c, enabled=bool(c.method.get("pack", True)))
     if packing is not None:
         log(f"packing {packing.rows} rows into {packing.length} tokens (unpacked: {packing.rows} x "
             f"{arrays['tokens'].shape[1]})")

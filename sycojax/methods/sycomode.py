@@ -318,6 +318,16 @@ def packing_plan(targets: Targets, rows: int, enabled: bool = True) -> pk.Packin
     return pk.plan(targets.lengths(), rows, targets.tokens.shape[1])
 
 
+def loop_packing(targets: Targets, c, enabled: bool = True) -> pk.Packing | None:
+    """`packing_plan` for a run of the shared loop (`sycojax.train.train`) with config `c`: each step's
+    `c.train.batch_size` rows split into `c.train.grad_accum` micro-batches over the data-parallel devices
+    of `c.mesh`, and each device packs its own rows (groups never straddle two devices)."""
+    from sycojax.train import sharding as shd  # the loop's mesh: the only training import a method needs here
+
+    dp = shd.data_parallel_size(shd.make_mesh(c.mesh.to_dict()))
+    return packing_plan(targets, int(c.train.batch_size) // int(c.train.grad_accum) // dp, enabled)
+
+
 def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None):
     """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`).
 

@@ -559,7 +559,7 @@ def run_method(
     workdir = tempfile.mkdtemp(prefix=f"bench_{ctx.name}_{method}_", dir=c.bench.scratch_dir or None)
     try:
         result = train(
-            sm.make_loss_fn(cfg, spec),
+            sm.make_loss_fn(cfg, spec, sm.loop_packing(train_t, tc, enabled=bool(s.get("pack", True)))),
             trainable,
             frozen,
             data,

@@ -316,7 +316,7 @@ def consolidate_raw(
     workdir = tempfile.mkdtemp(prefix="sycomode_exp_")
     try:
         result = train(
-            sm.make_loss_fn(cfg, spec),
+            sm.make_loss_fn(cfg, spec, sm.loop_packing(targets, tc, enabled=bool(c.method.get("pack", True)))),
             trainable,
             frozen,
             ArrayIterator(arrays, tc.train.batch_size, seed=seed),

@@ -74,3 +74,14 @@ def test_default_rules_on_llama_params(report):
         "embed_tokens": ["tensor", "fsdp"],
         "norm": [None],
     }
+
+
+def test_packed_consolidation_on_four_devices_equals_one_unpacked(report):
+    # sycomode.loop_packing: 8 rows a step over 4 devices -> each device packs its 2 rows into one
+    packed, plain = report["packed"]["dp4_packed"], report["packed"]["one_unpacked"]
+    assert packed["plan"] is not None and packed["plan"][0] == 2 and packed["plan"][1] < 2 * 32
+    assert plain["plan"] is None
+    assert len(packed["losses"]) == len(plain["losses"]) == 3
+    np.testing.assert_allclose(packed["losses"], plain["losses"], rtol=1e-5)
+    for a, b in zip(packed["lora"], plain["lora"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
