@@ -19,6 +19,7 @@ from jaxtyping import Array, Bool, Int
 from sycojax.models import (
     Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight, unstack_cache, unstack_layers,
 )
+from sycojax.models.layers import WEIGHT_MAJOR_MAX_ROWS, dot_wt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,8 @@ def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> 
     w = lm_head_weight(params, cfg)
     dtype = dtype or w.dtype  # as the model: compute dtype, else the params' dtype
     w = w.astype(dtype)
-    return jnp.einsum("bd,vd->bv", final_hidden[:, -1].astype(dtype), w).astype(jnp.float32)
+    rows = final_hidden.shape[0]
+    return dot_wt(final_hidden[:, -1].astype(dtype), w, 1 < rows <= WEIGHT_MAJOR_MAX_ROWS).astype(jnp.float32)
 
 
 @functools.partial(

@@ -19,6 +19,27 @@ from sycojax.models.config import ModelConfig
 # --------------------------------------------------------------------------- linear + LoRA
 
 
+# `dot_wt(weight_major=True)` pays off up to about this many rows (measured on XLA:CPU, see its docstring).
+WEIGHT_MAJOR_MAX_ROWS = 128
+
+
+def dot_wt(x: Float[Array, "... i"], w: Float[Array, "o i"], weight_major: bool = False) -> Float[Array, "... o"]:
+    """`x Wᵀ` over the last axis of `x`.
+
+    `weight_major=True` computes it as `(W xᵀ)ᵀ`, the product laid out `(o, rows)`. For a few rows (batched
+    decoding) XLA:CPU then streams the weight ~1.7x faster: a 30-layer MLP chain (d=576, f=1536) takes 13.4
+    vs 22.4 ms at 8 rows, 17.6 vs 31.6 ms at 16, 75 vs 90 ms at 128, equal from ~256 rows, and is slower at
+    one row (8.9 vs 7.9 ms). The optimization barriers keep XLA from folding the two transposes back into
+    the row-major product (without them it compiles to the same program).
+    """
+    if not weight_major:
+        return jnp.einsum("...i,oi->...o", x, w)
+    barrier = jax.lax.optimization_barrier
+    rows = x.reshape(-1, x.shape[-1])
+    y = barrier(jnp.dot(w, barrier(rows.T))).T
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
 def linear(
     x: Float[Array, "b t i"],
     p: dict,
@@ -26,15 +47,17 @@ def linear(
     lora_scale: float = 1.0,
     gate: Float[Array, "b t"] | None = None,
     dtype=None,
+    weight_major: bool = False,
 ) -> Float[Array, "b t o"]:
     """`y = x Wᵀ + b (+ s · g ⊙ (x Aᵀ) Bᵀ)`.
 
     `p = {"weight": (o, i), "bias"?: (o,)}`; `lora = {"lora_A": (r, i), "lora_B": (o, r)}` (PEFT names),
-    `s = alpha / r` and `g` an optional per-position gate (1 where the adapter applies).
+    `s = alpha / r` and `g` an optional per-position gate (1 where the adapter applies). `weight_major`:
+    how `x Wᵀ` is laid out (`dot_wt`; the forward sets it for few-row inference calls).
     """
     dtype = dtype or x.dtype
     xc = x.astype(dtype)
-    y = jnp.einsum("bti,oi->bto", xc, p["weight"].astype(dtype))
+    y = dot_wt(xc, p["weight"].astype(dtype), weight_major)
     if "bias" in p:
         y = y + p["bias"].astype(dtype)
     if lora is not None:

@@ -98,7 +98,8 @@ def _get(tree, path):
 
 def _llama_block(h, lp, lora, ctx):
     cfg: ModelConfig = ctx["cfg"]
-    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"])
+    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
+                            weight_major=ctx["weight_major"])
     lo = lora or {}
     b, t, _ = h.shape
     x = L.rms_norm(h, lp["input_layernorm"]["weight"], cfg.norm_eps)
@@ -117,7 +118,8 @@ def _llama_block(h, lp, lora, ctx):
 
 def _gpt_neox_block(h, lp, lora, ctx):
     cfg: ModelConfig = ctx["cfg"]
-    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"])
+    lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
+                            weight_major=ctx["weight_major"])
     lo = lora or {}
     b, t, _ = h.shape
     att, alo = lp["attention"], lo.get("attention", {})
@@ -265,12 +267,15 @@ def forward(
 
     layers = params[root]["layers"]
     unstacked = isinstance(layers, (list, tuple))
+    # inference on a few rows (decoding: one token per row) streams each weight faster laid out (out, rows)
+    weight_major = cache is not None and 1 < h.shape[0] * h.shape[1] <= L.WEIGHT_MAJOR_MAX_ROWS
 
     def step(h, xs):
         lp, lo, lc = xs
         ctx = dict(
             cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
             layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
+            weight_major=weight_major,
         )
         h, kv = block(h, lp, lo, ctx)
         return h, (kv, h if return_hidden else None)
@@ -304,7 +309,7 @@ def forward(
     logits = None
     if return_logits:
         w = lm_head_weight(params, cfg)
-        logits = jnp.einsum("btd,vd->btv", final.astype(dtype), w.astype(dtype)).astype(jnp.float32)
+        logits = L.dot_wt(final.astype(dtype), w.astype(dtype), weight_major).astype(jnp.float32)
     # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
     hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
     return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache)
