@@ -1,4 +1,4 @@
-"""`layers.dot_wt`: the weight-major product equals the row-major one, and XLA keeps its layout."""
+"""`layers.dot_wt`: both layouts equal a plain product (values and gradients), and XLA keeps the weight-major one."""
 
 import re
 
@@ -31,3 +31,20 @@ def test_weight_major_product_is_compiled_weight_major():
 
     assert "40,8" in dot_shapes(True)
     assert "40,8" not in dot_shapes(False)
+
+
+def test_gradients_equal_autodiff_of_a_plain_product():
+    # `_dense`'s hand-written backward (the row-major path) and autodiff through the barriers (weight-major)
+    r = np.random.default_rng(1)
+    x = jnp.asarray(r.standard_normal((3, 5, 24)), jnp.float32)
+    w = jnp.asarray(r.standard_normal((40, 24)), jnp.float32)
+    c = jnp.asarray(r.standard_normal((3, 5, 40)), jnp.float32)
+
+    def grads(f):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * c), argnums=(0, 1)))(x, w)
+
+    want = grads(lambda x, w: jnp.einsum("bti,oi->bto", x, w))
+    for weight_major in (False, True):
+        got = grads(lambda x, w, wm=weight_major: L.dot_wt(x, w, wm))
+        for g, e in zip(got, want):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
