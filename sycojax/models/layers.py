@@ -243,6 +243,25 @@ def attention_kv_major(
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h)
 
 
+def attention_merged_cache(
+    q: Float[Array, "b t n h"],
+    k_t: Float[Array, "bm h s"],
+    v_m: Float[Array, "bm s h"],
+    mask: Bool[Array, "b 1 t s"],
+) -> Float[Array, "b t n h"]:
+    """`attention_kv_major` over a decoding cache stored with batch and KV heads merged on one axis
+    (`model.unstack_cache`): every product then reads the cache buffer as it is. Any reshape of the
+    freshly updated buffer for the products (at B = 1 XLA drops the unit batch axis) makes XLA duplicate
+    the in-place update into it, which copies the cache twice per layer and token.
+    """
+    b, t, n, h = q.shape
+    m = k_t.shape[0] // b
+    g = n // m
+    qg = jnp.transpose(q.reshape(b, t, m, g, h), (0, 2, 3, 1, 4)).reshape(b * m, 1, g * t, h)
+    out = _attention_core(qg, k_t[:, None], v_m[:, None], jnp.repeat(mask, m, axis=0))
+    return jnp.transpose(out.reshape(b, m, g, t, h), (0, 3, 1, 2, 4)).reshape(b, t, n, h)
+
+
 def _scores(qg, k_t, mask):
     """Masked, scaled scores `(b, m, g, t, s)` in fp32 for queries `qg (b, m, g·t, h)`."""
     b, m, q, h = qg.shape

@@ -153,15 +153,17 @@ def _attend(q, k, v, ctx):
         # This layer's cache is its own buffer (unstacked decoding): write the new K/V first, in place, then
         # attend over the whole cache (the mask covers the new slots). Attending to the old cache and writing
         # afterwards would keep both versions alive: XLA then copies the cache at every step.
-        # Its layout is head-major (`unstack_cache`): K as (B, n_kv, hd, S), V as (B, n_kv, S, hd).
+        # Its layout is head-major with batch and KV heads merged (`unstack_cache`): K as (B·n_kv, hd, S), V as
+        # (B·n_kv, S, hd), read as they are by `attention_merged_cache` (no reshape of the updated buffer).
         idx = ctx["cache_index"]
+        b, t, m, hd = k.shape
         k_t, v_m = L.kv_head_major(k, v)
-        kc = jax.lax.dynamic_update_slice(lc["k"], k_t.astype(lc["k"].dtype), (0, 0, 0, idx))
-        vc = jax.lax.dynamic_update_slice(lc["v"], v_m.astype(lc["v"].dtype), (0, 0, idx, 0))
+        kc = jax.lax.dynamic_update_slice(lc["k"], k_t.reshape(b * m, hd, t).astype(lc["k"].dtype), (0, 0, idx))
+        vc = jax.lax.dynamic_update_slice(lc["v"], v_m.reshape(b * m, t, hd).astype(lc["v"].dtype), (0, idx, 0))
         if ctx["attn_impl"] == "xla":
-            out = L.attention_kv_major(q, kc.astype(q.dtype), vc.astype(q.dtype), ctx["mask"])
+            out = L.attention_merged_cache(q, kc.astype(q.dtype), vc.astype(q.dtype), ctx["mask"])
         else:
-            kk, vv = L.kv_seq_major(kc, vc)
+            kk, vv = L.kv_seq_major(kc.reshape(b, m, hd, -1), vc.reshape(b, m, -1, hd))
             out = L.attention(q, kk.astype(q.dtype), vv.astype(q.dtype), ctx["mask"], impl=ctx["attn_impl"])
         return out, {"k": kc, "v": vc}
     # With a cache: attend over [cached keys] + [this call's keys] in one softmax, and hand the new K/V
@@ -198,15 +200,23 @@ def unstack_layers(params: dict, cfg: ModelConfig) -> dict:
 
 
 def unstack_cache(cache: dict) -> list[dict]:
-    """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer head-major buffers `[{"k": (B, n_kv, hd, S),
-    "v": (B, n_kv, S, hd)}]`: the layouts attention reads directly (`layers.attention_kv_major`), so a
+    """`{"k","v"}: (L, B, S, n_kv, hd)` -> per-layer head-major buffers `[{"k": (B·n_kv, hd, S),
+    "v": (B·n_kv, S, hd)}]`: the layouts attention reads directly (`layers.attention_merged_cache`), so a
     decoding step neither copies nor transposes the cache. `restack_cache` is the inverse."""
-    return [dict(zip(("k", "v"), L.kv_head_major(k, v))) for k, v in zip(cache["k"], cache["v"])]
+    out = []
+    for k, v in zip(cache["k"], cache["v"]):
+        k_t, v_m = L.kv_head_major(k, v)  # (B, n_kv, hd, S), (B, n_kv, S, hd)
+        out.append({"k": k_t.reshape(-1, *k_t.shape[2:]), "v": v_m.reshape(-1, *v_m.shape[2:])})
+    return out
 
 
-def restack_cache(layers: list[dict]) -> dict:
+def restack_cache(layers: list[dict], num_kv_heads: int) -> dict:
     """Inverse of `unstack_cache`."""
-    per_layer = [L.kv_seq_major(c["k"], c["v"]) for c in layers]
+    per_layer = []
+    for c in layers:
+        k_t, v_m = c["k"], c["v"]
+        per_layer.append(L.kv_seq_major(k_t.reshape(-1, num_kv_heads, *k_t.shape[1:]),
+                                        v_m.reshape(-1, num_kv_heads, *v_m.shape[1:])))
     return {"k": jnp.stack([k for k, _ in per_layer]), "v": jnp.stack([v for _, v in per_layer])}
 
 
