@@ -79,7 +79,7 @@ def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> 
     dtype = dtype or w.dtype  # as the model: compute dtype, else the params' dtype
     w = w.astype(dtype)
     rows = final_hidden.shape[0]
-    return dot_wt(final_hidden[:, -1].astype(dtype), w, 1 < rows <= WEIGHT_MAJOR_MAX_ROWS).astype(jnp.float32)
+    return dot_wt(final_hidden[:, -1].astype(dtype), w, rows <= WEIGHT_MAJOR_MAX_ROWS).astype(jnp.float32)
 
 
 @functools.partial(

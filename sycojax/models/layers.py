@@ -26,10 +26,11 @@ WEIGHT_MAJOR_MAX_ROWS = 128
 def dot_wt(x: Float[Array, "... i"], w: Float[Array, "o i"], weight_major: bool = False) -> Float[Array, "... o"]:
     """`x Wᵀ` over the last axis of `x`.
 
-    `weight_major=True` computes it as `(W xᵀ)ᵀ`, the product laid out `(o, rows)`. For a few rows (batched
-    decoding) XLA:CPU then streams the weight ~1.7x faster: a 30-layer MLP chain (d=576, f=1536) takes 13.4
-    vs 22.4 ms at 8 rows, 17.6 vs 31.6 ms at 16, 75 vs 90 ms at 128, equal from ~256 rows, and is slower at
-    one row (8.9 vs 7.9 ms). The optimization barriers keep XLA from folding the two transposes back into
+    `weight_major=True` computes it as `(W xᵀ)ᵀ`, the product laid out `(o, rows)`. For a few rows (decoding)
+    XLA:CPU then streams the weight faster: a 30-layer MLP chain (d=576, f=1536) takes 13.4 vs 22.4 ms at 8
+    rows, 17.6 vs 31.6 ms at 16, 75 vs 90 ms at 128, the same from ~256 rows; SmolLM2's batch-1 decoding
+    ~8% less time (4.21 vs 4.56 s for 128 tokens, mean of 4 alternating runs; there the row-major product
+    is XLA's own fused loop). The optimization barriers keep XLA from folding the two transposes back into
     the row-major product (without them it compiles to the same program). The row-major product
     differentiates through `_dense`'s backward.
     """

@@ -278,7 +278,7 @@ def forward(
     layers = params[root]["layers"]
     unstacked = isinstance(layers, (list, tuple))
     # inference on a few rows (decoding: one token per row) streams each weight faster laid out (out, rows)
-    weight_major = cache is not None and 1 < h.shape[0] * h.shape[1] <= L.WEIGHT_MAJOR_MAX_ROWS
+    weight_major = cache is not None and h.shape[0] * h.shape[1] <= L.WEIGHT_MAJOR_MAX_ROWS
 
     def step(h, xs):
         lp, lo, lc = xs
