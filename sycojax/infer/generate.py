@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from sycojax.models import (
     Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight, unstack_cache, unstack_layers,
@@ -60,17 +60,45 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 16) ->
     return tokens, valid
 
 
+# Top-p sampling looks for the nucleus among this many highest logits first (`top_p_cutoff`).
+TOP_P_CANDIDATES = 1024
+
+
 def _select(logits: Array, key: Array, sampling: Sampling) -> Array:
     if sampling.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / sampling.temperature
     if sampling.top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        keep = jnp.cumsum(probs, axis=-1) - probs < sampling.top_p  # always keeps the top token
-        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+        logits = jnp.where(logits >= top_p_cutoff(logits, sampling.top_p), logits, -jnp.inf)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _nucleus_min(sorted_logits: Array, probs: Array, top_p: float) -> tuple[Array, Array]:
+    """From logits sorted descending and their probabilities: the smallest logit of the nucleus (the most
+    probable tokens until their mass reaches `top_p`, the top token always), and whether it kept the last."""
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    return jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True), keep[:, -1]
+
+
+def top_p_cutoff(logits: Float[Array, "b v"], top_p: float) -> Float[Array, "b 1"]:
+    """Per row, the smallest logit inside the top-p nucleus: sampling keeps the logits `>=` it.
+
+    Sorting the vocabulary costs ~80 ms a decode step at (8, 49152) on XLA:CPU; `lax.top_k` of 1024 ~3.6 ms.
+    The nucleus is read off the top `TOP_P_CANDIDATES` logits (probabilities normalised over the whole
+    vocabulary), which is exact whenever it ends inside them; when it does not in some row (a flat
+    distribution), the whole vocabulary is sorted, as before. The teacher's replies of a consolidation run
+    (SmolLM2, pirate persona, 8 ShareGPT queries, 48 tokens, temperature 0.8, top-p 0.95): 7.65 → 3.42 s
+    (greedy: 2.81 s); with 256 candidates 4.78 s (more steps fell back to the sort).
+    """
+    k = min(TOP_P_CANDIDATES, logits.shape[-1])
+    top = jax.lax.top_k(logits, k)[0]
+    cutoff, wider = _nucleus_min(top, jnp.exp(top - jax.nn.logsumexp(logits, axis=-1, keepdims=True)), top_p)
+
+    def from_sort():
+        s = jnp.sort(logits, axis=-1)[:, ::-1]
+        return _nucleus_min(s, jax.nn.softmax(s, axis=-1), top_p)[0]
+
+    return jax.lax.cond(jnp.any(wider) & (k < logits.shape[-1]), from_sort, lambda: cutoff)
 
 
 def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> Array:

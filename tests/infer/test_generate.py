@@ -144,3 +144,24 @@ def test_decode_loop_updates_each_layer_cache_in_place(tiny_llama, monkeypatch, 
     bm, hd = batch * cfg.num_kv_heads, cfg.head_dim  # per-layer buffers: K (b·m, hd, S), V (b·m, S, hd)
     cache_shapes = {s for s in copied if re.fullmatch(rf"{bm},({hd},\d+|\d+,{hd})", s)}
     assert not cache_shapes, f"the decode loop copies cache buffers {cache_shapes}"
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 8.0])
+def test_top_p_cutoff_equals_the_full_sort(scale):
+    """`top_p_cutoff` reads the nucleus off the top 1024 logits, sorting the vocabulary only when the nucleus is
+    wider (flat rows, small scale): the same cutoff as sorting everything, peaked rows and flat rows alike."""
+    from sycojax.infer.generate import TOP_P_CANDIDATES, top_p_cutoff
+
+    logits = jax.random.normal(jax.random.key(0), (4, 4096)) * scale
+    for top_p in (0.5, 0.9, 0.95):
+        s = np.sort(np.asarray(logits, np.float64), axis=-1)[:, ::-1]
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        keep = np.cumsum(p, -1) - p < top_p
+        want = np.where(keep, s, np.inf).min(-1, keepdims=True)
+        got = jax.jit(top_p_cutoff, static_argnums=1)(logits, top_p)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        if scale == 0.3:  # flat: the nucleus is far wider than the candidates, the sort path ran
+            assert keep.sum(-1).min() > TOP_P_CANDIDATES
+        if scale == 8.0:  # peaked: inside the candidates
+            assert keep.sum(-1).max() < TOP_P_CANDIDATES
