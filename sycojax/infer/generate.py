@@ -93,12 +93,14 @@ def top_p_cutoff(logits: Float[Array, "b v"], top_p: float) -> Float[Array, "b 1
     k = min(TOP_P_CANDIDATES, logits.shape[-1])
     top = jax.lax.top_k(logits, k)[0]
     cutoff, wider = _nucleus_min(top, jnp.exp(top - jax.nn.logsumexp(logits, axis=-1, keepdims=True)), top_p)
+    if k == logits.shape[-1]:  # the candidates are the whole vocabulary: nothing is wider
+        return cutoff
 
     def from_sort():
         s = jnp.sort(logits, axis=-1)[:, ::-1]
         return _nucleus_min(s, jax.nn.softmax(s, axis=-1), top_p)[0]
 
-    return jax.lax.cond(jnp.any(wider) & (k < logits.shape[-1]), from_sort, lambda: cutoff)
+    return jax.lax.cond(jnp.any(wider), from_sort, lambda: cutoff)
 
 
 def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> Array:
