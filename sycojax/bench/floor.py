@@ -31,9 +31,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sycojax.bench import flops as fp
 from sycojax.bench.timing import time_fn
 from sycojax.models import ModelConfig
-from sycojax.models.init import param_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +53,7 @@ class Product:
 
 def linear_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """`(out, in)` of every linear of one transformer block."""
-    root = "model" if cfg.arch == "llama" else "gpt_neox"
-    leaves = jax.tree.flatten_with_path(param_shapes(cfg)[root]["layers"],
-                                        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x))[0]
-    return [(s[1], s[2]) for p, s in leaves if p[-1].key == "weight" and len(s) == 3]
+    return [(o, i) for _, o, i in fp.layer_linear_shapes(cfg)]
 
 
 def forward_products(cfg: ModelConfig, batch: int, seq: int, logits_rows: int | None = None,
@@ -131,7 +128,6 @@ def generate_floor_seconds(cfg: ModelConfig, batch: int, padded_prompt: int, new
 def job_floors(cfg: ModelConfig, inputs, bench_rows: dict, repeats: int = 5, e2e_data: dict | None = None) -> list[dict]:
     """One row per benchmark job: its floor next to the bench run's times (`bench_rows`: name -> row of
     `launch/bench.py --json`). `consolidate_e2e` needs that job's data (`jobs.consolidate_data`) in `e2e_data`."""
-    from sycojax.bench import flops as fp
     from sycojax.bench.jobs import LORA_RANK, NEW_TOKENS, TRAIN_B, TRAIN_T
     from sycojax.infer.generate import left_pad
 

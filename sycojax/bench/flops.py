@@ -32,12 +32,17 @@ def _is_shape(x):
     return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
 
 
-def linear_macs_per_token(cfg: ModelConfig) -> int:
-    """Multiply-adds of all transformer-block linears for one token (stacked `(L, out, in)` weights)."""
+def layer_linear_shapes(cfg: ModelConfig) -> list[tuple[int, int, int]]:
+    """`(L, out, in)` of every transformer-block linear weight (stacked over the L layers)."""
     root = "model" if cfg.arch == "llama" else "gpt_neox"
     layers = param_shapes(cfg)[root]["layers"]
     paths = jax.tree.flatten_with_path(layers, is_leaf=_is_shape)[0]
-    return int(sum(math.prod(s) for p, s in paths if p[-1].key == "weight" and len(s) == 3))
+    return [s for p, s in paths if p[-1].key == "weight" and len(s) == 3]
+
+
+def linear_macs_per_token(cfg: ModelConfig) -> int:
+    """Multiply-adds of all transformer-block linears for one token."""
+    return int(sum(math.prod(s) for s in layer_linear_shapes(cfg)))
 
 
 def attention_flops(cfg: ModelConfig, visible_keys: int) -> int:
@@ -77,10 +82,7 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, *, base_trains: bool, ad
 
 def lora_io_per_token(cfg: ModelConfig) -> int:
     """`Σ (in + out)` over every linear of every layer: LoRA rank r adds `r ·` this many MACs per token."""
-    root = "model" if cfg.arch == "llama" else "gpt_neox"
-    layers = param_shapes(cfg)[root]["layers"]
-    paths = jax.tree.flatten_with_path(layers, is_leaf=_is_shape)[0]
-    return int(sum(s[0] * (s[1] + s[2]) for p, s in paths if p[-1].key == "weight" and len(s) == 3))
+    return int(sum(n * (o + i) for n, o, i in layer_linear_shapes(cfg)))
 
 
 def weight_bytes(cfg: ModelConfig, itemsize: int = 4) -> int:
