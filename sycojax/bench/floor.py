@@ -96,9 +96,9 @@ def floor_seconds(products: list[Product], repeats: int = 5) -> float:
 
 def decode_step_seconds(cfg: ModelConfig, rows: int, steps: int = 8, repeats: int = 3) -> float:
     """Best time of one decode step's products for `rows` rows, measured as a chain (module docstring)."""
-    keys = iter(jax.random.split(jax.random.key(0), 1 + cfg.num_layers * 8))
-    layers = [[jax.random.normal(next(keys), s, jnp.float32) * 0.02 for s in linear_shapes(cfg)]
-              for _ in range(cfg.num_layers)]
+    shapes = linear_shapes(cfg)
+    keys = iter(jax.random.split(jax.random.key(0), 1 + cfg.num_layers * len(shapes)))
+    layers = [[jax.random.normal(next(keys), s, jnp.float32) * 0.02 for s in shapes] for _ in range(cfg.num_layers)]
     head = jax.random.normal(next(keys), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     bar = jax.lax.optimization_barrier
 
