@@ -159,9 +159,12 @@ def job_floors(cfg: ModelConfig, inputs, bench_rows: dict, repeats: int = 5, e2e
 
 def e2e_floor_parts(cfg: ModelConfig, data: dict, steps: int, evals: int, repeats: int = 5) -> dict:
     """A lower bound of the JAX `consolidate_e2e` run, over real tokens only (no padding, no attention, no
-    LoRA products): the teacher pass (the context's K/V once, then every training and held-out row),
-    `steps` LoRA steps (forward + activation gradients; batches in order, as the run takes them) and
-    `evals` held-out KL passes (one per point of the run's curve)."""
+    LoRA products, the prefix that every student row shares counted once per batch, as the run packs them):
+    the teacher pass (the context's K/V once, then every training and held-out row), `steps` LoRA steps
+    (forward + activation gradients; batches in order, as the run takes them) and `evals` held-out KL passes
+    (one per point of the run's curve)."""
+    from sycojax.masks.packing import shared_prefix
+
     b = data["settings"]["batch"]
     tr, ev = data["train"], data["eval"]
     resp, ev_resp = [len(r) for r in tr["responses"]], [len(r) for r in ev["responses"]]
@@ -169,15 +172,19 @@ def e2e_floor_parts(cfg: ModelConfig, data: dict, steps: int, evals: int, repeat
     def fwd(rows, logits, backward=False):
         return floor_seconds(forward_products(cfg, 1, rows, logits, backward, attention=False), repeats)
 
+    def student_tokens(split, i, j):  # rows i..j-1 as one batch: the shared prefix once
+        rows = [s + r for s, r in zip(split["student"], split["responses"])]
+        pre = shared_prefix(rows, [len(x) for x in rows])
+        return sum(len(x) for x in rows[i:j]) - (len(rows[i:j]) - 1) * pre
+
     teacher = (fwd(len(data["teacher_prefix"]), 0)
                + fwd(sum(map(len, tr["teacher_suffix"])) + sum(resp), sum(resp))
                + fwd(sum(map(len, ev["teacher_suffix"])) + sum(ev_resp), sum(ev_resp)))
     step_s = 0.0
     for i in range(steps):
         j = (i * b) % len(resp)
-        step_s += fwd(sum(map(len, tr["student"][j : j + b])) + sum(resp[j : j + b]), sum(resp[j : j + b]),
-                      backward=True)
-    eval_s = evals * fwd(sum(map(len, ev["student"])) + sum(ev_resp), sum(ev_resp))
+        step_s += fwd(student_tokens(tr, j, j + b), sum(resp[j : j + b]), backward=True)
+    eval_s = evals * sum(fwd(student_tokens(ev, i, i + b), sum(ev_resp[i : i + b])) for i in range(0, len(ev_resp), b))
     return {"teacher_s": teacher, "steps_s": step_s, "evals_s": eval_s, "steps": steps, "evals": evals}
 
 

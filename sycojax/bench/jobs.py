@@ -465,9 +465,12 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
     init = sm.init_trainable(params, cfg, spec, jax.random.key(0))
     frozen = {"base": params}
     tx, schedule = make_optimizer(s["optim"], s["max_steps"])  # a constant lr (consolidate_settings checks)
-    # as `consolidate.run` packs: each batch's rows end to end when that saves >= 10% of the padded slots
-    lengths = [len(x) + len(r) for x, r in zip(data["train"]["student"], train_resp)]
-    packing = pk.plan(lengths, b, sm.bucket_length(max(lengths))) if s.get("pack", False) else None
+    # as `consolidate.run` packs: each batch's rows end to end when that saves >= 10% of the padded slots, the
+    # prefix every row shares (the chat template's system turn) held once
+    rows = [x + r for x, r in zip(data["train"]["student"], train_resp)]
+    lengths = [len(x) for x in rows]
+    packing = (pk.plan(lengths, b, sm.bucket_length(max(lengths)), prefix=pk.shared_prefix(rows, lengths))
+               if s.get("pack", False) else None)
     step_fn = jax.jit(make_train_step(sm.make_loss_fn(cfg, spec, packing), tx, schedule, seed=0, dtype=jnp.float32),
                       donate_argnums=(0, 1, 2))
 
@@ -507,7 +510,7 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
                 "jax_reached": None if r["target"] is None else bool(r["kl"] <= r["target"]),
                 "jax_kl_curve": r["curve"], "jax_final_loss": r["loss"], "jax_kl_before": kl_before,
                 "jax_max_steps": r["max_steps"], "eval_every": r["eval_every"],
-                "jax_packing": None if packing is None else [packing.rows, packing.length]}
+                "jax_packing": None if packing is None else [packing.rows, packing.length, packing.prefix]}
 
     return Workload(run, check=lambda r: [kl_before], info=info)
 

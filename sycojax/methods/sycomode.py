@@ -310,12 +310,16 @@ def row_lengths(resp_pos, resp_weights, xp=jnp):
     return xp.max(xp.where(resp_weights > 0, resp_pos + 2, 0), axis=1)
 
 
-def packing_plan(targets: Targets, rows: int, enabled: bool = True) -> pk.Packing | None:
+def packing_plan(targets: Targets, rows: int, enabled: bool = True, share_prefix: bool = True) -> pk.Packing | None:
     """How the loss packs its rows (`masks.packing`): `rows` consecutive rows of a (per-device) micro-batch
-    end to end in one row, when that saves >= 10% of the padded slots; None = unpacked."""
+    end to end in one row, when that saves >= 10% of the padded slots; None = unpacked. With `share_prefix`,
+    the leading tokens every row has in common (the chat template's system turn, the memory tokens) are held
+    once per packed row (`packing.shared_prefix`): the same loss and gradients, fewer tokens."""
     if not enabled:
         return None
-    return pk.plan(targets.lengths(), rows, targets.tokens.shape[1])
+    lengths = targets.lengths()
+    prefix = pk.shared_prefix(targets.tokens, lengths) if share_prefix else 0
+    return pk.plan(lengths, rows, targets.tokens.shape[1], prefix=prefix)
 
 
 def loop_packing(targets: Targets, c, enabled: bool = True) -> pk.Packing | None:
@@ -328,11 +332,27 @@ def loop_packing(targets: Targets, c, enabled: bool = True) -> pk.Packing | None
     return packing_plan(targets, int(c.train.batch_size) // int(c.train.grad_accum) // dp, enabled)
 
 
+def response_hidden(params, adapters: Adapters, cfg: ModelConfig, tokens, resp_pos, lengths,
+                    packing: pk.Packing | None = None):
+    """The student's final hidden states at the response positions, (B, R, D): the rows right-padded (causal
+    alone keeps their real tokens clean) or, with `packing`, packed (`masks.packing`; `lengths` = real tokens
+    per row). Only these positions go through the LM head."""
+    if packing is None:
+        positions = jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0)
+        out = forward(params, tokens, cfg=cfg, positions=positions, mask=causal_padding(jnp.ones(tokens.shape, bool)),
+                      adapters=adapters, return_logits=False)
+        return jnp.take_along_axis(out.final_hidden, resp_pos[..., None], axis=1)
+    tokens, positions, mask, starts = pk.pack(tokens, lengths, packing)
+    out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, adapters=adapters, return_logits=False)
+    return pk.gather(out.final_hidden, starts, resp_pos, packing)
+
+
 def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None):
     """`loss_fn(trainable, frozen, batch, rng)` for `sycojax.train.train` (batch from `Targets.train_arrays`).
 
     With `packing` (`packing_plan`), each group of `packing.rows` rows runs as one row of `packing.length`
-    tokens with a block-diagonal causal mask: the same loss without the padding slots' compute.
+    tokens with a block-diagonal causal mask, the prefix its rows share held once: the same loss and
+    gradients without the padding slots' compute or the prefix's copies.
 
     loss = Σ_j w_j · CE(teacher top-k at response token j ‖ softmax(student logits / T)) / Σ_j w_j,
     which is KL(teacher‖student) on the top-k support plus the (constant) teacher top-k entropy; with
@@ -344,18 +364,8 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None
     def loss_fn(trainable, frozen, batch, rng):
         del rng
         params, adapters = split_trees(frozen.get("base"), trainable, spec)
-        tokens = batch["tokens"]
-        if packing is None:  # right padding: causal alone keeps real tokens clean
-            positions = jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0)
-            mask = causal_padding(jnp.ones(tokens.shape, bool))
-        else:
-            lengths = row_lengths(batch["resp_pos"], batch["resp_weights"])
-            tokens, positions, mask, starts = pk.pack(tokens, lengths, packing)
-        out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, adapters=adapters, return_logits=False)
-        if packing is None:
-            h = jnp.take_along_axis(out.final_hidden, batch["resp_pos"][..., None], axis=1)  # (B, R, D): responses only
-        else:
-            h = pk.gather(out.final_hidden, starts, batch["resp_pos"])  # (B, R, D)
+        lengths = row_lengths(batch["resp_pos"], batch["resp_weights"])
+        h = response_hidden(params, adapters, cfg, batch["tokens"], batch["resp_pos"], lengths, packing)
         weights = batch["resp_weights"]
         if spec.last_only:
             weights = obj.last_only_weights(weights)
@@ -371,29 +381,41 @@ def make_loss_fn(cfg: ModelConfig, spec: Spec, packing: pk.Packing | None = None
 # --------------------------------------------------------------------------- evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _student_kl(params, adapters, tokens, resp_pos, resp_w, teacher_lp, *, cfg):
-    out = forward(params, tokens, cfg=cfg, positions=jnp.arange(tokens.shape[1])[None].repeat(tokens.shape[0], 0),
-                  mask=causal_padding(jnp.ones(tokens.shape, bool)), adapters=adapters, return_logits=False)
-    h = jnp.take_along_axis(out.final_hidden, resp_pos[..., None], axis=1)  # (B, R, D)
+@functools.partial(jax.jit, static_argnames=("cfg", "packing"))
+def _student_kl(params, adapters, tokens, resp_pos, resp_w, lengths, teacher_lp, *, cfg, packing):
+    h = response_hidden(params, adapters, cfg, tokens, resp_pos, lengths, packing)
     logits = jnp.einsum("brd,vd->brv", h, lm_head_weight(params, cfg)).astype(jnp.float32)
     s_lp = jax.nn.log_softmax(logits, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_lp) * (teacher_lp - s_lp), axis=-1)
     return jnp.sum(kl * resp_w), jnp.sum(resp_w)
 
 
-def mean_kl(params, adapters: Adapters, cfg: ModelConfig, targets: Targets, batch_size: int = 4) -> float:
-    """Mean per-token KL(teacher ‖ student) over every response token of the eval set (nats)."""
-    tot, cnt = 0.0, 0.0
+def mean_kl(params, adapters: Adapters, cfg: ModelConfig, targets: Targets, batch_size: int = 4,
+            pack: bool = True) -> float:
+    """Mean per-token KL(teacher ‖ student) over every response token of the eval set (nats).
+
+    Rows run `batch_size` at a time (the last batch filled with copies of its last row, weight 0); with
+    `pack`, each batch as one packed row when that saves >= 10% of its slots (`packing_plan`: the same
+    values up to float summation order)."""
     n = targets.tokens.shape[0]
+    batches = []
     for i in range(0, n, batch_size):
         rows = np.arange(i, min(i + batch_size, n))
-        pad_rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows))])
+        batches.append((len(rows), np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows))])))
+    lengths = targets.lengths()
+    packing = None
+    if pack:  # planned over the rows as batched (copies included), so every batch fits
+        order = np.concatenate([r for _, r in batches])
+        padded = dataclasses.replace(targets, tokens=targets.tokens[order], resp_pos=targets.resp_pos[order],
+                                     resp_weights=targets.resp_weights[order], teacher_logprobs=None)
+        packing = packing_plan(padded, batch_size)
+    tot, cnt = 0.0, 0.0
+    for real, pad_rows in batches:
         w = targets.resp_weights[pad_rows].copy()
-        w[len(rows):] = 0.0
+        w[real:] = 0.0
         s, c = _student_kl(params, adapters, jnp.asarray(targets.tokens[pad_rows]),
-                           jnp.asarray(targets.resp_pos[pad_rows]), jnp.asarray(w),
-                           jnp.asarray(targets.teacher_logprobs[pad_rows]), cfg=cfg)
+                           jnp.asarray(targets.resp_pos[pad_rows]), jnp.asarray(w), jnp.asarray(lengths[pad_rows]),
+                           jnp.asarray(targets.teacher_logprobs[pad_rows]), cfg=cfg, packing=packing)
         tot += float(s)
         cnt += float(c)
     return tot / max(cnt, 1.0)

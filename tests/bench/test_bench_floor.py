@@ -54,16 +54,19 @@ def test_job_rows_and_e2e_lower_bound(tiny_llama, monkeypatch):
 
     monkeypatch.setattr(fl, "floor_seconds", lambda products, repeats=5: fl.total_flops(products))
     data = {"settings": {"batch": 2}, "teacher_prefix": [1] * 4,
-            "train": {"teacher_suffix": [[1] * 2] * 4, "student": [[1] * 3] * 4, "responses": [[1] * 5] * 4},
-            "eval": {"teacher_suffix": [[1] * 2] * 2, "student": [[1] * 6] * 2, "responses": [[1] * 4] * 2}}
+            "train": {"teacher_suffix": [[1] * 2] * 4, "student": [[9, 9, k] for k in range(4)],
+                      "responses": [[1] * 5] * 4},
+            "eval": {"teacher_suffix": [[1] * 2] * 2, "student": [[9] * 5 + [k] for k in range(2)],
+                     "responses": [[1] * 4] * 2}}
     parts = fl.e2e_floor_parts(cfg, data, steps=3, evals=2)
 
     def fwd(rows, logits, backward=False):
         return fl.total_flops(fl.forward_products(cfg, 1, rows, logits, backward, attention=False))
 
     assert parts["teacher_s"] == fwd(4, 0) + fwd(4 * 7, 20) + fwd(2 * 6, 8)
-    assert parts["steps_s"] == 3 * fwd(2 * 8, 10, backward=True)
-    assert parts["evals_s"] == 2 * fwd(2 * 10, 8)
+    # the students' shared prefix ([9, 9] training, [9] * 5 held out) counted once per batch, as the run packs
+    assert parts["steps_s"] == 3 * fwd(2 * 8 - 2, 10, backward=True)
+    assert parts["evals_s"] == 2 * fwd(2 * 10 - 5, 8)
 
 
 def test_launch_names_a_missing_bench_json(tmp_path):

@@ -1,8 +1,5 @@
 """SyCoMode consolidation on a tiny random model: prompts, teacher targets, loss, KL, export, bad input."""
 
-import functools
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +74,21 @@ def test_kl_is_zero_when_student_sees_the_context_and_positive_without(tiny_llam
     assert kl == pytest.approx(float(np.concatenate(ref).mean()), rel=1e-4) and kl > 1e-3
 
 
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_packed_mean_kl_equals_unpacked(tiny_llama, char_tok, batch_size):
+    cfg, params = tiny_llama
+    queries = QUERIES + ["a much longer question about the sea and ships and the weather", "hi"]
+    p = sm.build_prompts(char_tok, cfg, CONTEXT, queries)
+    responses = [[5, 6, 7, 8], [9, 10, 11], [12, 13], [14, 15, 16, 17, 18], [19]]
+    t = sm.teacher_targets(params, cfg, p, responses, topk=5, full=True)
+    assert sm.packing_plan(t, batch_size).prefix > 0  # 5 rows: the last batch holds copies (weight 0)
+    lora = jax.tree.map(lambda x: x + 0.05, init_lora(params, cfg, LoraConfig(rank=4, alpha=8.0), jax.random.key(1)))
+    adapters = Adapters(lora=lora, lora_scale=2.0)
+    packed = sm.mean_kl(params, adapters, cfg, t, batch_size=batch_size)
+    plain = sm.mean_kl(params, adapters, cfg, t, batch_size=batch_size, pack=False)
+    assert packed == pytest.approx(plain, rel=1e-5) and plain > 1e-3
+
+
 def test_loss_at_init_is_the_topk_cross_entropy_and_training_closes_the_gap(tiny_llama, char_tok, tmp_path):
     cfg, params = tiny_llama
     # k = V: on a near-uniform tiny random model a small top-k would sharpen the student instead
@@ -106,8 +118,9 @@ def test_loss_at_init_is_the_topk_cross_entropy_and_training_closes_the_gap(tiny
     assert sm.mean_kl(base, adapters, cfg, full) < 0.5 * before
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("method", ["lora", "memory"])
-def test_packed_loss_and_gradients_equal_unpacked(tiny_llama, char_tok, method):
+def test_packed_loss_and_gradients_equal_unpacked(tiny_llama, char_tok, method, share_prefix):
     cfg, params = tiny_llama
     spec = sm.Spec(method=method, lora=LoraConfig(rank=4, alpha=8.0), num_mem_tokens=2, mem_init="mean", topk=8,
                    topk_tail=True)
@@ -116,8 +129,10 @@ def test_packed_loss_and_gradients_equal_unpacked(tiny_llama, char_tok, method):
     responses = [[5, 6, 7, 8], [9, 10, 11], [12, 13], [14, 15, 16, 17, 18], [19]]
     tgt = sm.teacher_targets(params, cfg, p, responses, topk=spec.topk)
     arrays = {k: v[:4] for k, v in tgt.train_arrays().items()}  # rows 0-3: two groups of two
-    plan = sm.packing_plan(tgt, rows=2)
+    plan = sm.packing_plan(tgt, rows=2, share_prefix=share_prefix)
     assert plan is not None and plan.length < 2 * tgt.tokens.shape[1]
+    # every student row begins with the chat template (+ the memory tokens): held once per packed row
+    assert (plan.prefix >= 1 + spec.n_mem) if share_prefix else plan.prefix == 0
     np.testing.assert_array_equal(tgt.lengths(), [len(s) + len(r) for s, r in zip(p.student, responses)])
     trainable = sm.init_trainable(params, cfg, spec, jax.random.key(0))
     if method == "lora":  # B = 0 at init would make the LoRA gradients of A zero on both sides
