@@ -22,6 +22,7 @@ function, so a PyTorch worker never imports JAX and vice versa.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -350,6 +351,8 @@ full_step = _train_job("full", "Full fine-tuning step (every weight, AdamW), B=4
 #      E2E_EVAL_EVERY steps (inside the timing) and stops at the first KL <= target, at most
 #      E2E_MAX_STEPS steps. Without a target (the PyTorch side failed or was not run) ours does the
 #      same fixed E2E_TORCH_STEPS steps and one evaluation.
+# Ours also reports its time split (`jax_phases_s`: teacher, steps, held-out evaluations; each step waited
+# for, so the evaluations do not absorb it).
 # Not timed: model load, compilation (the warm-up run), and each side's held-out KL of the untrained
 # adapter (B = 0: the base model without the context) computed in setup: that is the check value,
 # and both sides must agree on it (same metric, same data).
@@ -488,28 +491,36 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
         target = ((ctx.prior.get(TORCH) or {}).get("info") or {}).get("torch_kl")
         max_steps = s["max_steps"] if target is not None else s["torch_steps"]
         eval_every = s["eval_every"] if target is not None else max_steps
+        t0 = time.perf_counter()
         train_t = sm.teacher_targets(params, cfg, train_p, train_resp, topk=spec.topk, temperature=spec.temperature,
                                      batch_size=b)
-        eval_t = eval_targets()
+        eval_t = eval_targets()  # host arrays: the teacher's work is done
+        phases = {"teacher_s": time.perf_counter() - t0, "steps_s": 0.0, "evals_s": 0.0}
         arrays = train_t.train_arrays()
         batches = [{k: jnp.asarray(v[i : i + b])[None] for k, v in arrays.items()}  # one micro-batch each
                    for i in range(0, arrays["tokens"].shape[0], b)]
         trainable = jax.tree.map(jnp.copy, init)  # the step donates its inputs: keep `init` for the next run
         state, curve = [trainable, tx.init(trainable), jnp.int32(0)], []
         for step in range(1, max_steps + 1):
+            t0 = time.perf_counter()
             *state, metrics = step_fn(*state, frozen, batches[(step - 1) % len(batches)])
+            jax.block_until_ready(state[0])  # so the phase split charges each step to the steps
+            t1 = time.perf_counter()
+            phases["steps_s"] += t1 - t0
             if step % eval_every == 0 or step == max_steps:
                 curve.append((step, held_out_kl(state[0], eval_t)))
+                phases["evals_s"] += time.perf_counter() - t1
                 if target is not None and curve[-1][1] <= target:
                     break
         return {"target": target, "steps": step, "kl": curve[-1][1], "curve": curve, "loss": float(metrics["loss"]),
-                "max_steps": max_steps, "eval_every": eval_every}
+                "max_steps": max_steps, "eval_every": eval_every, "phases": phases}
 
     def info(r):
         return {"kl_target": r["target"], "jax_steps": r["steps"], "jax_kl": r["kl"],
                 "jax_reached": None if r["target"] is None else bool(r["kl"] <= r["target"]),
                 "jax_kl_curve": r["curve"], "jax_final_loss": r["loss"], "jax_kl_before": kl_before,
                 "jax_max_steps": r["max_steps"], "eval_every": r["eval_every"],
+                "jax_phases_s": {k: round(v, 3) for k, v in r["phases"].items()},
                 "jax_packing": None if packing is None else [packing.rows, packing.length, packing.prefix]}
 
     return Workload(run, check=lambda r: [kl_before], info=info)

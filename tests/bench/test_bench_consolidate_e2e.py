@@ -86,6 +86,8 @@ def test_both_sides_run_and_ours_stops_at_the_torch_kl(e2e, ran):
     curve = j_info["jax_kl_curve"]
     assert [s for s, _ in curve] == list(range(2, j_info["jax_steps"] + 1, 2))  # every 2 steps
     assert all(kl > t_info["torch_kl"] for _, kl in curve[:-1])  # stopped at the first evaluation that reached it
+    phases = j_info["jax_phases_s"]  # where the run's time went
+    assert set(phases) == {"teacher_s", "steps_s", "evals_s"} and all(v > 0 for v in phases.values())
     json.dumps(j_info)
 
 
