@@ -214,6 +214,7 @@ def run_jobs(
             "model": ctx.model, "device": device, "device_name": device_name, "threads": ctx.threads,
             "repeats": repeats, "total_s": time.perf_counter() - t0, "complete": complete,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the workers inherit them (sycojax/xla_cpu.py adds one)
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # e.g. glibc.malloc.hugetlb=1 (README)
             "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
             "jax_peak_gflop_per_cpu_s": peaks[JAX][1] / 1e9, "torch_peak_gflop_per_cpu_s": peaks[TORCH][1] / 1e9,
             "jax_read_gbps": peaks[JAX][2] / 1e9, "torch_read_gbps": peaks[TORCH][2] / 1e9,
