@@ -250,7 +250,7 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
     packing = sm.loop_packing(targets, c, enabled=bool(c.method.get("pack", True)))
     if packing is not None:
         log(f"packing {packing.rows} rows into {packing.length} tokens (unpacked: {packing.rows} x "
-            f"{arrays['tokens'].shape[1]})")
+            f"{arrays['tokens'].shape[1]}; the {packing.prefix}-token prefix every row shares held once)")
     curve: list[tuple[int, float]] = [(0, kl_before)]
 
     def eval_fn(tr, step):
