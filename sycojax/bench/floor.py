@@ -172,10 +172,12 @@ def e2e_floor_parts(cfg: ModelConfig, data: dict, steps: int, evals: int, repeat
     def fwd(rows, logits, backward=False):
         return floor_seconds(forward_products(cfg, 1, rows, logits, backward, attention=False), repeats)
 
-    def student_tokens(split, i, j):  # rows i..j-1 as one batch: the shared prefix once
+    def batch_tokens(split):  # batch_tokens(split)(i, j): rows i..j-1 as one batch, their shared prefix once
         rows = [s + r for s, r in zip(split["student"], split["responses"])]
         pre = shared_prefix(rows, [len(x) for x in rows])
-        return sum(len(x) for x in rows[i:j]) - (len(rows[i:j]) - 1) * pre
+        return lambda i, j: sum(len(x) for x in rows[i:j]) - (len(rows[i:j]) - 1) * pre
+
+    train_tokens, eval_tokens = batch_tokens(tr), batch_tokens(ev)
 
     teacher = (fwd(len(data["teacher_prefix"]), 0)
                + fwd(sum(map(len, tr["teacher_suffix"])) + sum(resp), sum(resp))
@@ -183,8 +185,8 @@ def e2e_floor_parts(cfg: ModelConfig, data: dict, steps: int, evals: int, repeat
     step_s = 0.0
     for i in range(steps):
         j = (i * b) % len(resp)
-        step_s += fwd(student_tokens(tr, j, j + b), sum(resp[j : j + b]), backward=True)
-    eval_s = evals * sum(fwd(student_tokens(ev, i, i + b), sum(ev_resp[i : i + b])) for i in range(0, len(ev_resp), b))
+        step_s += fwd(train_tokens(j, j + b), sum(resp[j : j + b]), backward=True)
+    eval_s = evals * sum(fwd(eval_tokens(i, i + b), sum(ev_resp[i : i + b])) for i in range(0, len(ev_resp), b))
     return {"teacher_s": teacher, "steps_s": step_s, "evals_s": eval_s, "steps": steps, "evals": evals}
 
 

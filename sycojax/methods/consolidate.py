@@ -249,8 +249,9 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
     # pack each device's micro-batch rows end to end when that saves >= 10% of the padded slots (same loss)
     packing = sm.loop_packing(targets, c, enabled=bool(c.method.get("pack", True)))
     if packing is not None:
+        shared = f"; the {packing.prefix}-token prefix every row shares held once" if packing.prefix else ""
         log(f"packing {packing.rows} rows into {packing.length} tokens (unpacked: {packing.rows} x "
-            f"{arrays['tokens'].shape[1]}; the {packing.prefix}-token prefix every row shares held once)")
+            f"{arrays['tokens'].shape[1]}{shared})")
     curve: list[tuple[int, float]] = [(0, kl_before)]
 
     def eval_fn(tr, step):
