@@ -8,17 +8,20 @@ sections, `sycojax.train.sharding` for the mesh and the logical-axis rules,
 `sycojax.train.distributed` for multi-host start-up, `sycojax.train.checkpoint` for the on-disk layout.
 """
 
-from sycojax.train.checkpoint import RunCheckpoints
+from sycojax.train.checkpoint import RunCheckpoints, UnreadableCheckpointError
 from sycojax.train.config import (
     ConfigKeyError,
+    ConfigValueError,
     check_overrides,
+    check_values,
     default_config,
+    define_config_flag,
     parse_flags,
     resolve_config,
 )
 from sycojax.train.data_iter import ArrayIterator
 from sycojax.train.distributed import maybe_initialize
-from sycojax.train.loop import TrainResult, count_tokens, train
+from sycojax.train.loop import NonFiniteError, TrainResult, count_tokens, train
 from sycojax.train.optim import make_optimizer, make_schedule
 from sycojax.train.sharding import (
     LOGICAL_TO_MESH,
@@ -36,13 +39,18 @@ __all__ = [
     "PARAM_RULES",
     "ArrayIterator",
     "ConfigKeyError",
+    "ConfigValueError",
+    "NonFiniteError",
     "RunCheckpoints",
     "TrainResult",
+    "UnreadableCheckpointError",
     "cast_floating",
     "check_overrides",
+    "check_values",
     "compute_dtype",
     "count_tokens",
     "default_config",
+    "define_config_flag",
     "make_mesh",
     "make_optimizer",
     "make_schedule",

@@ -10,18 +10,37 @@ Layout (Orbax `CheckpointManager`, one directory per saved step)::
 The frozen tree (base weights, teacher targets) is never written: `metadata` names it instead.
 A save first writes `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only when every
 item is complete, so a crash (even SIGKILL) mid-save leaves the previous step as the latest one;
-`cleanup_tmp_directories` removes the half-written directory on the next start.
+`cleanup_tmp_directories` removes the half-written directory on the next start. A step that was
+finished but damaged afterwards (a truncated or deleted file) is found when it is read:
+`restore_latest_readable` moves it aside to `broken-<step>-<time>/` and falls back to the step before.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("trainable", "opt_state", "data", "meta")
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """No saved step of a run can be read back (every one is damaged)."""
+
+
+def read_error_summary(e: BaseException, limit: int = 240) -> str:
+    """One line from an Orbax / TensorStore read error: the file it names and the reason, trimmed."""
+    msg = " ".join(str(e).split())
+    files = re.findall(r'local file "([^"]+)"', msg)
+    reason = next((r for r in ("OUT_OF_RANGE", "NOT_FOUND", "DATA_LOSS", "INVALID_ARGUMENT") if r in msg), "")
+    if files:
+        where = files[-1]
+        return f"{reason + ': ' if reason else ''}cannot read {where} (truncated or damaged file?)"
+    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
 
 
 def abstract_like(tree: Any) -> Any:
@@ -90,6 +109,33 @@ class RunCheckpoints:
             ),
         )
         return r.trainable, r.opt_state, r.data, r.meta
+
+    def restore_latest_readable(self, trainable_like: Any, opt_state_like: Any) -> tuple[int, tuple, list[str]]:
+        """`(step, (trainable, opt_state, data_state, meta), notes)` of the newest step that reads back.
+
+        A step that fails to read (truncated / missing file) is moved aside to `broken-<step>-<time>/`
+        in the checkpoint directory (kept for a post-mortem, ignored by Orbax) and the step before is
+        tried; `notes` says what was moved. Raises `UnreadableCheckpointError` if no step reads.
+        """
+        notes = []
+        for step in reversed(self.all_steps()):
+            try:
+                return step, self.restore(step, trainable_like, opt_state_like), notes
+            except Exception as e:  # noqa: BLE001  (Orbax / TensorStore raise ValueError, OSError, ...)
+                why = read_error_summary(e)
+                aside = os.path.join(self.directory, f"broken-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                if jax.process_index() == 0:
+                    os.rename(os.path.join(self.directory, str(step)), aside)
+                self.reload()
+                notes.append(f"checkpoint step {step} is unreadable ({why}); moved it aside to {aside}")
+        raise UnreadableCheckpointError(
+            f"no checkpoint in {self.directory} reads back: " + "; ".join(notes)
+            + ". Start again in a new --workdir (or pass --overwrite)."
+        )
+
+    def reload(self) -> None:
+        """Re-read the step list from disk (after a step directory was moved)."""
+        self.manager.reload()
 
     def restore_json(self, step: int) -> tuple[dict, dict]:
         """`(data_state, meta)` of `step` without reading any array."""

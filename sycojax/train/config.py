@@ -18,18 +18,26 @@ naming the full dotted key and the closest valid one::
 
     unknown config key optim.lrr; did you mean optim.lr?
 
-`parse_flags` is an `absl.app.run(flags_parser=...)` that runs that check before absl parses, so a
-launch gets it for free::
+`define_config_flag` defines the `--config` flag the way `config_flags.DEFINE_config_file` does,
+after checking argv first (ml_collections applies `--config.*` overrides while the flag is being
+defined, so a typo or a `:ARG` the file does not take would otherwise end in a traceback); and
+`parse_flags`, an `absl.app.run(flags_parser=...)`, turns absl's own flag errors into one line::
 
-    _CONFIG = config_flags.DEFINE_config_file("config")
+    _CONFIG = define_config_flag("config", "configs/consolidate.py", "config file")
     if __name__ == "__main__":
         app.run(main, flags_parser=sycojax.train.config.parse_flags)
+
+`check_values` refuses values the loop cannot run with (no steps, a learning rate that is not a
+finite number, ...) before any work starts.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
+import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,6 +54,10 @@ class ConfigKeyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; print it as a sentence.
         return str(self.args[0])
+
+
+class ConfigValueError(ValueError):
+    """A config value the training loop cannot run with; the message names the flag to fix."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -159,6 +171,70 @@ def _config_flag_value(argv: Sequence[str], flag_name: str) -> str | None:
             elif arg == f"{dashes}{flag_name}" and i + 1 < len(argv):
                 value = argv[i + 1]
     return value
+
+
+def load_config_file(value: str) -> Any:
+    """`configs/x.py[:ARG]` -> `get_config([ARG])`, with one-line `ConfigKeyError`s for what goes wrong
+    (missing file, no `get_config`, an ARG the function does not take, an error inside it)."""
+    path, sep, arg = value.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigKeyError(f"--config={value}: no such config file {path!r}; pass a file under configs/")
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("sycojax_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001  (any error while running the file is the file's problem)
+        raise ConfigKeyError(f"--config={value}: {path} failed to load: {type(e).__name__}: {e}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigKeyError(f"--config={value}: {path} defines no get_config(); a config file must")
+    takes = len(inspect.signature(get_config).parameters)
+    if sep and takes == 0:
+        raise ConfigKeyError(
+            f"--config={value}: {path} takes no ':{arg}' argument (its get_config() has no parameter); "
+            f"drop ':{arg}' and set fields with --config.<section>.<key>=VALUE"
+        )
+    try:
+        return get_config(arg) if sep else get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigKeyError(f"--config={value}: get_config({arg!r}) failed: {type(e).__name__}: {e}") from None
+
+
+def define_config_flag(
+    name: str, default: str, help_string: str, *, argv: Sequence[str] | None = None,
+    flag_values: flags.FlagValues = flags.FLAGS,
+):
+    """`config_flags.DEFINE_config_file(name, default, ...)` after checking `argv` (default `sys.argv`):
+    the config file loads with its `:ARG`, and every `--<name>.*` override names an existing key.
+    On a problem it prints `FATAL Flags parsing error: <one line>` and exits with status 1."""
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    argv = list(sys.argv if argv is None else argv)
+    keys = override_keys(argv[1:], name)
+    try:
+        cfg = load_config_file(_config_flag_value(argv[1:], name) or default)
+        check_keys(cfg, keys)
+    except ConfigKeyError as e:
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+        sys.exit(1)
+    return config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values, sys_argv=argv)
+
+
+def check_values(cfg: Any) -> None:
+    """Raise `ConfigValueError` for a training-loop value no run can use, naming the flag to change."""
+    tc, oc = cfg.train, cfg.optim
+    if int(tc.num_steps) < 1:
+        raise ConfigValueError(
+            f"train.num_steps={tc.num_steps}: a run needs at least one optimizer step "
+            "(--num_iter / --config.train.num_steps must be >= 1)"
+        )
+    if int(tc.batch_size) < 1:
+        raise ConfigValueError(f"train.batch_size={tc.batch_size}: must be >= 1 (--config.train.batch_size)")
+    lr = float(oc.lr)
+    if not math.isfinite(lr) or lr < 0:
+        raise ConfigValueError(f"optim.lr={oc.lr}: the learning rate must be a finite number >= 0 (--lr / --config.optim.lr)")
 
 
 def parse_flags(

@@ -44,8 +44,8 @@ from absl import logging
 from tqdm import tqdm
 
 from sycojax.train import sharding as shd
-from sycojax.train.checkpoint import RunCheckpoints, ckpt_dir
-from sycojax.train.config import config_to_json, config_to_jsonable, resolve_config
+from sycojax.train.checkpoint import RunCheckpoints, UnreadableCheckpointError, ckpt_dir
+from sycojax.train.config import check_values, config_to_json, config_to_jsonable, resolve_config
 from sycojax.train.metrics import LOSS_PNG, METRICS_FILE, MetricsWriter, plot_loss_curves, truncate_jsonl
 from sycojax.train.optim import make_optimizer
 from sycojax.train.step import LossFn, compute_dtype, make_train_step
@@ -157,6 +157,7 @@ def train(
     cfg = resolve_config(cfg)
     tc = cfg.train
     num_steps, accum, batch_size = int(tc.num_steps), int(tc.grad_accum), int(tc.batch_size)
+    check_values(cfg)
     if accum < 1 or batch_size % accum:
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of train.grad_accum={accum}")
     metadata = _jsonable(metadata)
@@ -209,7 +210,14 @@ def train(
                 "pass resume=True (--resume) to continue, or use a new workdir"
             )
         if resume and latest is not None:
-            trainable, opt_state, data_state, meta = ckpts.restore(latest, trainable, opt_state)
+            try:
+                latest, restored, notes = ckpts.restore_latest_readable(trainable, opt_state)
+            except UnreadableCheckpointError:
+                ckpts.close()
+                raise
+            for note in notes:
+                logging.warning("%s; resuming from step %d instead", note, latest)
+            trainable, opt_state, data_state, meta = restored
             if meta.get("metadata") != metadata:
                 ckpts.close()
                 raise ValueError(
@@ -288,6 +296,7 @@ def train(
 
                 final = step == num_steps
                 if (ckpt_every and step % ckpt_every == 0) or final:
+                    check_finite(pending, trainable)  # a diverged run stops before it saves anything
                     ckpts.save(step, trainable, opt_state, data.get_state(), save_meta(step))
                 do_eval = eval_fn is not None and ((eval_every and step % eval_every == 0) or final)
                 if step % log_every == 0 or final or do_eval:
@@ -336,6 +345,40 @@ def train(
     )
 
 
+class NonFiniteError(FloatingPointError):
+    """The loss, the gradient norm, the learning rate or the updated weights stopped being finite."""
+
+
+WATCHED = ("loss", "grad_norm", "lr")
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def check_finite(pending: list[tuple[int, Mapping[str, Any]]], trainable: Any = None) -> None:
+    """Raise `NonFiniteError` naming the first step whose loss / grad_norm / lr is not finite, or
+    (given `trainable`) if the weights after the last pending step are not. Blocks on those steps."""
+    for step, metrics in pending:
+        values = {k: float(shd.host_scalar(metrics[k])) for k in WATCHED if k in metrics}
+        bad = [k for k, v in values.items() if not np.isfinite(v)]
+        if bad:
+            raise NonFiniteError(_nonfinite_message(step, values, bad))
+    if trainable is not None and pending and not bool(shd.host_scalar(_all_finite(trainable))):
+        step = pending[-1][0]
+        raise NonFiniteError(_nonfinite_message(step, dict(pending[-1][1]), ["weights"]))
+
+
+def _nonfinite_message(step: int, values: Mapping[str, Any], bad: list[str]) -> str:
+    shown = ", ".join(f"{k}={float(shd.host_scalar(v)):.4g}" for k, v in values.items() if k in WATCHED)
+    fix = ("pass a finite learning rate (--lr / optim.lr)" if "lr" in bad
+           else "lower the learning rate (--lr / optim.lr) or check the data and the loss")
+    return (f"training diverged at step {step}: {' and '.join(bad)} not finite ({shown}); the run stopped "
+            f"before saving anything from this step on: {fix}")
+
+
 def _flush(pending: list[tuple[int, dict[str, jax.Array]]], window: dict[str, Any]) -> list[dict[str, Any]]:
     """Device metrics of the steps since the last flush -> records; the last gets the throughput."""
     records = []
@@ -346,6 +389,11 @@ def _flush(pending: list[tuple[int, dict[str, jax.Array]]], window: dict[str, An
                 raise ValueError(f"loss_fn metric {k!r} has shape {np.shape(v)}; metrics must be scalars")
             record[k] = float(shd.host_scalar(v))  # blocks until the step has run
         records.append(record)
+    bad = [(r["step"], [k for k in WATCHED if k in r and not np.isfinite(r[k])]) for r in records]
+    bad = [(step, keys) for step, keys in bad if keys]
+    if bad:
+        step, keys = bad[0]
+        raise NonFiniteError(_nonfinite_message(step, next(r for r in records if r["step"] == step), keys))
     now = time.perf_counter()
     dt = max(now - window["t"], 1e-9)
     last = records[-1]
