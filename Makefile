@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python launch/consolidate.py --workdir=checkpoints/demo --overwrite
+	$(BIN)/python launch/consolidate.py --preset=quick --workdir=checkpoints/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

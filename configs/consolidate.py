@@ -3,7 +3,9 @@
     python launch/consolidate.py --config=configs/consolidate.py --context="You are a pirate..." \\
         --config.method.name=memory --config.train.num_steps=40
 
-The SyCoMode-style flags of the launch (--method, --lr, --num_iter, ...) override the fields below.
+The launch first applies `--preset` (quality unless given; `sycojax.methods.consolidate.PRESETS`) to the
+fields below, except those set on the command line; its SyCoMode-style flags (--method, --lr, --num_iter,
+...) and `--config.<section>.<key>=...` override both.
 """
 
 import ml_collections
@@ -46,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
             queries_file="",  # one query per line; empty = data.query_source
             eval_queries_file="",  # one query per line; empty = data.eval_source
             query_source="sharegpt",  # sharegpt | self_study
+            self_study_queries=0,  # that many training queries are questions the model writes about the context
             eval_source="sharegpt",  # sharegpt (held out) | mtbench
             num_train_queries=24,
             num_eval_queries=8,
@@ -53,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.eval = ml_collections.ConfigDict(dict(num_samples=3, sample_tokens=48))
     c.workdir = ""
+    c.preset = ""  # set by launch/consolidate.py --preset (quick | quality; sycojax.methods.consolidate.PRESETS)
     c.optim.lr = 2e-3
     c.optim.schedule = "constant"
     c.optim.warmup_frac = 0.0

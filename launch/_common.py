@@ -1,5 +1,7 @@
-"""Shared start-up for the absl launches: repo root on sys.path, offline Hugging Face, quiet logs."""
+"""Shared start-up for the absl launches: repo root on sys.path, offline Hugging Face, quiet logs,
+one-line errors."""
 
+import contextlib
 import os
 import sys
 
@@ -21,3 +23,27 @@ def quiet_logs() -> None:
 
     if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def one_line_errors(*extra: type[BaseException]):
+    """Turn the errors a user can fix (a model name, a file, a config value, a diverged run, a broken
+    checkpoint) into one `error: ...` line and exit status 1, instead of a traceback."""
+    from sycojax.data.sources import DataError  # noqa: PLC0415  (after sys.path is set up above)
+    from sycojax.methods.sycomode import ConsolidationError  # noqa: PLC0415
+    from sycojax.models.convert import LoadError  # noqa: PLC0415
+    from sycojax.models.model import SequenceTooLong  # noqa: PLC0415
+    from sycojax.train import ConfigValueError, NonFiniteError, UnreadableCheckpointError  # noqa: PLC0415
+
+    try:
+        yield
+    except (LoadError, DataError, ConsolidationError, ConfigValueError, NonFiniteError,
+            UnreadableCheckpointError, SequenceTooLong, *extra) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def load_config(name: str):
+    """`configs/<name>`'s `get_config()` (for launches that build configs themselves)."""
+    from sycojax.train.config import load_config_file  # noqa: PLC0415
+
+    return load_config_file(config_path(name))

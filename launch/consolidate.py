@@ -8,17 +8,19 @@ Flags named like SyCoMode's override the config file (`--config=configs/consolid
 other field is reachable as `--config.<section>.<key>=...`. Ends by printing where outputs went.
 """
 
+import sys
+
 import _common  # noqa: F401  (sys.path, offline HF)
 from absl import app, flags
-from ml_collections import config_flags
 
 from sycojax.methods import consolidate
-from sycojax.methods.sycomode import ConsolidationError
 from sycojax.train import distributed
-from sycojax.train.config import parse_flags
+from sycojax.train.config import check_values, define_config_flag, override_keys, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("consolidate.py"), "config file")
+_CONFIG = define_config_flag("config", _common.config_path("consolidate.py"), "config file")
 F = flags.FLAGS
+flags.DEFINE_enum("preset", None, list(consolidate.PRESETS),
+                  f"budget: quick (the demo's, ~2 min on 2 CPU cores) or quality (~15 min; default {consolidate.DEFAULT_PRESET})")
 flags.DEFINE_string("model", None, "model name or path (default: smollm2-135m-instruct)")
 flags.DEFINE_enum("method", None, ["lora", "memory", "full"], "what trains")
 flags.DEFINE_integer("num_mem_tokens", None, "memory tokens (SyCoMode: 0 = train the weights, i.e. --method=full)")
@@ -38,7 +40,20 @@ flags.DEFINE_bool("overwrite", False, "replace the run in --workdir")
 distributed.define_flags()  # --coordinator_address / --num_processes / --process_id (multi-host)
 
 
-def apply_flags(c):
+# the config keys each SyCoMode-style flag sets (a flag given on the command line beats the preset)
+FLAG_KEYS = {"num_iter": "train.num_steps", "lr": "optim.lr"}
+
+
+def apply_flags(c, argv=None):
+    """--preset first (sparing the keys the command line sets), then the SyCoMode-style flags."""
+    argv = sys.argv if argv is None else argv
+    keep = set(override_keys(argv[1:])) | {k for f, k in FLAG_KEYS.items() if getattr(F, f) is not None}
+    if F.method is not None:  # per-method preset values follow the method the flags choose
+        c.method.name = F.method
+    elif F.num_mem_tokens is not None:
+        c.method.name = "full" if F.num_mem_tokens == 0 else "memory"
+    consolidate.apply_preset(c, F.preset or consolidate.DEFAULT_PRESET, keep=keep)
+
     def put(flag, section, key):
         v = getattr(F, flag)
         if v is not None:
@@ -73,11 +88,14 @@ def main(argv):
     del argv
     _common.quiet_logs()
     distributed.maybe_initialize_from_flags()  # before any device is touched
-    c = apply_flags(_CONFIG.value)
-    try:
+    with _common.one_line_errors():
+        c = apply_flags(_CONFIG.value)
+        check_values(c)  # before the model loads: --num_iter=0 or --lr=nan never start
+        queries = (f"training queries from {c.data.queries_file}" if c.data.queries_file else
+                   f"{c.data.num_train_queries} training queries ({c.data.self_study_queries} self-study)")
+        print(f"preset: {c.preset} ({c.train.num_steps} steps x batch {c.train.batch_size}, {queries}, "
+              f"lr {c.optim.lr:g} {c.optim.schedule}); --preset=quick|quality picks another budget")
         report = consolidate.run(c, resume=F.resume, overwrite=F.overwrite)
-    except ConsolidationError as e:
-        raise SystemExit(f"error: {e}") from None
     print()
     print(f"method={report['method']}  KL before {report['kl_before']:.4f} -> after {report['kl_after']:.4f} "
           f"nats/token  (gap closed {100 * report['gap_closed']:.1f}%)  steps={report['steps']}  "

@@ -18,13 +18,12 @@ import os
 
 import _common  # repo root on sys.path, offline Hugging Face
 from absl import app, flags
-from ml_collections import config_flags
 
 from sycojax.methods import sycomode_bench as sb
 from sycojax.methods.sycomode import ConsolidationError
-from sycojax.train.config import parse_flags
+from sycojax.train.config import define_config_flag, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("consolidate_bench.py"), "config file")
+_CONFIG = define_config_flag("config", _common.config_path("consolidate_bench.py"), "config file")
 F = flags.FLAGS
 flags.DEFINE_string("contexts", None, "comma list of contexts (default: all; --quick: pirate,facts)")
 flags.DEFINE_string("methods", None, "comma list among lora,memory,full (default: all three)")
@@ -57,7 +56,7 @@ def main(argv):
             json.dump(result, f, indent=1)
         sb.plot_kl(result, plot_path)
 
-    try:
+    with _common.one_line_errors():
         if F.merge:
             missing = [p for p in F.merge if not os.path.isfile(p)]
             if missing:
@@ -70,8 +69,6 @@ def main(argv):
             save(result)
         else:
             result = sb.run_bench(c, on_context=save)
-    except ConsolidationError as e:
-        raise SystemExit(f"error: {e}") from None
     print()
     print(sb.format_table(result))
     print()

@@ -14,14 +14,13 @@ import os
 
 import _common  # repo root on sys.path, offline Hugging Face
 from absl import app, flags
-from ml_collections import config_flags
 
 from sycojax.methods import sycomode_experiments as se
-from sycojax.methods.sycomode import METHODS, OBJECTIVES, ConsolidationError
+from sycojax.methods.sycomode import METHODS, OBJECTIVES
 from sycojax.methods.sycomode_bench import enable_compile_cache
-from sycojax.train.config import parse_flags
+from sycojax.train.config import check_values, define_config_flag, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("experiments.py"), "config file")
+_CONFIG = define_config_flag("config", _common.config_path("experiments.py"), "config file")
 F = flags.FLAGS
 flags.DEFINE_enum("experiment", None, ["1", "2", "3"], "1 alphabet, 2 facts, 3 JAXA passage")
 flags.DEFINE_enum("method", None, list(METHODS), "what the context is consolidated into (default lora)")
@@ -50,10 +49,9 @@ def main(argv):
     if c.optim.lr < 0:
         c.optim.lr = c.method.lr_by_method[c.method.name]
     enable_compile_cache(os.path.join(_common.ROOT, "checkpoints", "cache", "xla"))
-    try:
+    with _common.one_line_errors():
+        check_values(c)
         res = se.run_experiment(c, int(F.experiment))
-    except ConsolidationError as e:
-        raise SystemExit(f"error: {e}") from None
     print()
     print(se.format_result(res))
     if F.json:

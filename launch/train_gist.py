@@ -11,23 +11,20 @@ outputs went; evaluate with launch/eval_gist.py.
 
 import _common  # sys.path, offline HF
 from absl import app, flags
-from ml_collections import config_flags
 
-from sycojax.data import DataError
 from sycojax.methods import gist
-from sycojax.train.config import parse_flags
+from sycojax.train.config import check_values, define_config_flag, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", _common.config_path("gist.py"), "config file")
+_CONFIG = define_config_flag("config", _common.config_path("gist.py"), "config file")
 flags.DEFINE_bool("resume", False, "continue the run in --config.workdir from its latest checkpoint")
 F = flags.FLAGS
 
 
 def main(argv):
     del argv
-    try:
+    with _common.one_line_errors(gist.GistError, FileExistsError):
+        check_values(_CONFIG.value)
         report = gist.train_run(_CONFIG.value, resume=F.resume)
-    except (gist.GistError, DataError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from None
     curve = report["heldout_loss_curve"]
     print()
     print(f"{report['name']}: {report['steps']} steps on {report['train_examples']} examples "

@@ -38,11 +38,23 @@ REPORT = "report.json"
 # --------------------------------------------------------------------------- inputs
 
 
+def read_text(path: Path, what: str) -> str:
+    """A file's text as UTF-8, or one line naming the first bad byte and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise sm.ConsolidationError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at position {e.start}); "
+            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_lines(path: str, what: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise sm.ConsolidationError(f"{what} {path!r} does not exist; give a text file with one query per line")
-    lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in read_text(p, what).splitlines() if ln.strip()]
     if not lines:
         raise sm.ConsolidationError(f"{what} {path!r} is empty; it needs one query per line")
     return lines
@@ -55,7 +67,7 @@ def read_context(context: str, context_file: str) -> str:
         p = Path(context_file)
         if not p.is_file():
             raise sm.ConsolidationError(f"--context_file {context_file!r} does not exist")
-        context = p.read_text()
+        context = read_text(p, "--context_file")
     if not context or not context.strip():
         raise sm.ConsolidationError("the context is empty: pass --context='...' or --context_file=PATH with some text")
     return context.strip()
@@ -111,23 +123,29 @@ def self_study_queries(params, cfg, tok, context: str, n: int, seed: int = 0, ma
 
 
 def get_queries(c: ml_collections.ConfigDict, params, cfg, tok, context: str) -> tuple[list[str], list[str]]:
+    """(training queries, held-out queries), disjoint. Training: `--queries_file`, else `data.self_study_queries`
+    questions the model writes about the context followed by `data.query_source` up to `data.num_train_queries`."""
     d = c.data
-    train_q = read_lines(d.queries_file, "--queries_file") if d.queries_file else None
     eval_q = read_lines(d.eval_queries_file, "--eval_queries_file") if d.eval_queries_file else None
-    if train_q is None:
-        if d.query_source == "sharegpt":
-            train_q = sharegpt_queries(d.num_train_queries)
-        elif d.query_source == "self_study":
-            train_q = self_study_queries(params, cfg, tok, context, d.num_train_queries, seed=c.train.seed)
-        else:
-            raise sm.ConsolidationError(f"unknown data.query_source {d.query_source!r}; use sharegpt or self_study")
     if eval_q is None:
         if d.eval_source == "mtbench":
             eval_q = mtbench_queries(d.num_eval_queries)
-        else:  # held-out ShareGPT queries after the training ones
-            # held out: the ShareGPT queries after the training ones (disjoint by construction)
+        else:  # held out: the ShareGPT queries after the training ones (disjoint by construction)
             skip = d.num_train_queries if (d.query_source == "sharegpt" and not d.queries_file) else 0
             eval_q = sharegpt_queries(d.num_eval_queries, skip=skip)
+    if d.queries_file:
+        train_q = read_lines(d.queries_file, "--queries_file")
+    elif d.query_source in ("sharegpt", "self_study"):
+        n_self = d.num_train_queries if d.query_source == "self_study" else min(
+            int(d.get("self_study_queries", 0)), d.num_train_queries)
+        train_q = self_study_queries(params, cfg, tok, context, n_self, seed=c.train.seed, exclude=eval_q,
+                                     tries=max(4, -(-2 * n_self // 8))) if n_self > 0 else []
+        if d.query_source == "sharegpt":
+            taken = set(train_q) | set(eval_q)
+            pool = sharegpt_queries(d.num_train_queries)
+            train_q += [q for q in pool if q not in taken][: d.num_train_queries - len(train_q)]
+    else:
+        raise sm.ConsolidationError(f"unknown data.query_source {d.query_source!r}; use sharegpt or self_study")
     overlap = set(train_q) & set(eval_q)
     if overlap:
         eval_q = [q for q in eval_q if q not in overlap]  # evaluation queries are always disjoint
@@ -148,6 +166,47 @@ def spec_from_config(c: ml_collections.ConfigDict) -> sm.Spec:
         teacher_sampling=Sampling(float(m.teacher_temperature), float(m.teacher_top_p)),
         samples_per_query=m.samples_per_query, last_only=m.last_only,
     )
+
+
+# --------------------------------------------------------------------------- presets
+
+# What `--preset` sets (config keys, dotted); anything given on the command line wins. `quick` is the
+# demo's budget (about 2 minutes on 2 CPU cores); `quality` follows the consolidation bench's sweeps
+# (configs/consolidate_bench.py): self-study questions for the knowledge a context holds, more
+# replies and steps, a cosine-decayed lr per method, sized to about 15 minutes per context on 2 cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data.num_train_queries": 24, "data.self_study_queries": 0, "method.max_response_tokens": 48,
+        "train.num_steps": 16, "train.batch_size": 4, "optim.schedule": "constant",
+        "optim.lr": {"lora": 2e-3, "memory": 3e-2, "full": 3e-5},
+        "train.eval_every": 4, "train.log_every": 2, "ckpt.every": 8,
+    },
+    "quality": {
+        "data.num_train_queries": 96, "data.self_study_queries": 32, "method.max_response_tokens": 48,
+        "train.num_steps": 128, "train.batch_size": 8, "optim.schedule": "cosine",
+        "optim.lr": {"lora": 1e-3, "memory": 5e-2, "full": 5e-5},
+        "train.eval_every": 16, "train.log_every": 8, "ckpt.every": 32,
+    },
+}
+DEFAULT_PRESET = "quality"
+
+
+def apply_preset(c: ml_collections.ConfigDict, name: str, *, keep: Sequence[str] = ()) -> list[str]:
+    """Set `PRESETS[name]` on `c` (per-method values by `c.method.name`), except the dotted keys in `keep`
+    (those given on the command line). Returns the keys it set."""
+    if name not in PRESETS:
+        raise sm.ConsolidationError(f"unknown --preset={name!r}; choose {' or '.join(PRESETS)}")
+    done = []
+    for key, value in PRESETS[name].items():
+        if key in keep:
+            continue
+        section, field = key.split(".")
+        if isinstance(value, dict):
+            value = value[c.method.name]
+        setattr(getattr(c, section), field, value)
+        done.append(key)
+    c.preset = name
+    return done
 
 
 # --------------------------------------------------------------------------- workdir safety
@@ -290,7 +349,8 @@ def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool =
     teacher_len = np.mean([len(tr_prompts.teacher_prefix) + len(s) for s in ev_prompts.teacher_suffix])
     student_len = np.mean([len(s) for s in ev_prompts.student])
     report = {
-        "model": c.model.name, "base_hash": info.content_hash, "method": spec.method, "objective": spec.objective,
+        "model": c.model.name, "preset": c.get("preset", ""), "base_hash": info.content_hash, "method": spec.method,
+        "objective": spec.objective,
         "context_tokens": len(ctx_ids), "num_train_queries": len(train_q), "num_eval_queries": len(eval_q),
         "train_examples": int(arrays["tokens"].shape[0]), "steps": result.step,
         "kl_before": kl_before, "kl_after": kl_after,

@@ -181,10 +181,10 @@ def _known_source(name: str) -> Source:
 
 def _refuse_pickle(p: Path) -> None:
     raise PickleRefusedError(
-        f"{p} is a PyTorch pickle checkpoint; sycojax never unpickles, because loading a pickle can run "
-        "arbitrary code. Convert it to safetensors once, in an environment you trust:\n  "
+        f"{p} is a PyTorch pickle checkpoint; sycojax never unpickles (a pickle can run arbitrary code): "
+        "convert it to safetensors once, in an environment you trust, with "
         + CONVERT_HINT.replace("DIR", str(p.parent if p.is_file() else p))
-        + "\nthen load OUT."
+        + " and load OUT"
     )
 
 
