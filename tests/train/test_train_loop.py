@@ -222,3 +222,27 @@ def test_full_finetune_of_a_tiny_llama(tmp_path, tiny_llama):
     assert losses[-1] < losses[0] - 0.1, losses
     q = res.trainable["model"]["layers"]["self_attn"]["q_proj"]["weight"]
     assert q.dtype == jnp.float32 and q.shape == params["model"]["layers"]["self_attn"]["q_proj"]["weight"].shape
+
+
+def test_steps_after_the_first_compile_nothing(tmp_path):
+    """The step is compiled once, ahead of time: a run of 6 steps (3 checkpoint saves) compiles exactly
+    what a run of 2 steps (1 save) does, so no step after the first triggers a recompilation."""
+    from jax._src import dispatch  # noqa: PLC0415  (the event name XLA compilations are reported under)
+
+    count = [0]
+
+    def on_event(event, duration, **kwargs):
+        del duration, kwargs
+        count[0] += event == dispatch.BACKEND_COMPILE_EVENT
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        compiles = []
+        for steps in (2, 6):
+            jax.clear_caches()
+            count[0] = 0
+            toy.run(str(tmp_path / f"run{steps}"), steps)
+            compiles.append(count[0])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert compiles[0] >= 1 and compiles[1] == compiles[0], compiles
