@@ -15,6 +15,7 @@ from sycojax.objectives.distill import (
     token_kl,
     topk_entropy,
 )
+from sycojax.objectives.guidance import GUIDANCE_FORMS, guidance_loss
 from sycojax.objectives.hidden import cosine_similarity, distill_on_all_hidden_layers, distill_on_hidden_layer
 from sycojax.objectives.language_model import causal_language_model, next_token_targets, token_nll
 from sycojax.objectives.registry import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective, needs_hidden_states
@@ -22,12 +23,14 @@ from sycojax.objectives.weighting import last_only_weights, select_weights, weig
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
+    "GUIDANCE_FORMS",
     "OBJECTIVES",
     "causal_language_model",
     "cosine_similarity",
     "distill_on_all_hidden_layers",
     "distill_on_hidden_layer",
     "distill_on_output_logits",
+    "guidance_loss",
     "distill_on_topk",
     "distill_topk_from_hidden",
     "get_objective",

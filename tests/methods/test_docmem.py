@@ -1,0 +1,92 @@
+"""The document memory module and the guidance loss against hand-written references."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sycojax.methods.docmem import (
+    DocMemConfig,
+    docmem_apply,
+    document_keys,
+    init_docmem,
+    negative_keys,
+    selection,
+)
+from sycojax.objectives import guidance_loss
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+@pytest.mark.parametrize("key_activation", ["tanh", "relu"])
+def test_module_matches_the_formula_per_row(key_activation):
+    c = DocMemConfig(d_model=6, memory_units=4, key_dim=2, key_activation=key_activation)
+    p = init_docmem(jax.random.key(0), c)
+    p = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), p)  # nonzero biases
+    h = jax.random.normal(jax.random.key(2), (2, 3, 6))
+    k = jnp.array([[1.0, -0.5], [-0.3, 0.8]])
+    out = np.asarray(docmem_apply(p, h, k, c))
+    q = jax.tree.map(np.asarray, p)
+    sigma = np.tanh if key_activation == "tanh" else (lambda x: np.maximum(x, 0))
+    for b in range(2):
+        x = _gelu(np.asarray(h[b]) @ q["up"]["w"].T + q["up"]["b"])
+        x = x * sigma(q["gate"]["w"] @ np.asarray(k[b]) + q["gate"]["b"])
+        x = (x @ q["down"]["w"].T + q["down"]["b"]) @ q["lmm"]["w"].T + q["lmm"]["b"]
+        np.testing.assert_allclose(out[b], np.asarray(h[b]) + _gelu(x), rtol=1e-5, atol=1e-5)
+    ungated = np.asarray(docmem_apply(p, h, None, c))  # no key: the gate is skipped, not zeroed
+    assert not np.allclose(ungated, out) and not np.allclose(ungated, np.asarray(h))
+
+
+def test_init_is_orthogonal_with_gain_sqrt2_and_keys_are_fixed_rows():
+    c = DocMemConfig(d_model=8, memory_units=4, key_dim=2)
+    p = init_docmem(jax.random.key(0), c)
+    up = np.asarray(p["up"]["w"])  # (4, 8): orthonormal rows, scaled by √2
+    np.testing.assert_allclose(up @ up.T, 2 * np.eye(4), atol=1e-5)
+    assert all(float(jnp.abs(v["b"]).max()) == 0 for v in p.values())
+    keys = np.asarray(document_keys(jax.random.key(3), 2, 2))
+    np.testing.assert_allclose(keys @ keys.T, 2 * np.eye(2), atol=1e-5)
+    np.testing.assert_array_equal(keys, np.asarray(document_keys(jax.random.key(3), 2, 2)))
+    gates = np.asarray(selection(p, jnp.asarray(keys), c))
+    assert gates.shape == (2, 4) and not np.allclose(gates[0], gates[1])
+
+
+def test_negative_keys():
+    keys = document_keys(jax.random.key(0), 5, 2)
+    ids = jnp.array([0, 1, 2, 3, 4] * 20)
+    other = negative_keys(jax.random.key(1), keys, ids, "other")
+    own = keys[ids]
+    assert not np.any(np.all(np.isclose(np.asarray(other), np.asarray(own)), axis=1))  # never its own key
+    assert {tuple(np.round(r, 5)) for r in np.asarray(other)} == {tuple(np.round(r, 5)) for r in np.asarray(keys)}
+    assert float(jnp.abs(negative_keys(jax.random.key(1), keys, ids, "zero")).max()) == 0
+    rnd = negative_keys(jax.random.key(1), keys, ids, "random")
+    assert rnd.shape == (100, 2) and 0.7 < float(jnp.std(rnd)) < 1.3
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        negative_keys(jax.random.key(1), keys[:1], ids[:1] * 0, "other")
+    with pytest.raises(ValueError, match="unknown negative key 'shuffled'"):
+        negative_keys(jax.random.key(1), keys, ids, "shuffled")
+
+
+def test_guidance_loss_both_forms_values_and_gradients():
+    tau, alpha = 4.5, 0.1
+    # paper: ce_pos + alpha |tau - ce_neg|
+    assert float(guidance_loss(2.0, 3.0, form="paper")) == pytest.approx(2.0 + alpha * 1.5)
+    assert float(guidance_loss(2.0, 6.0, form="paper")) == pytest.approx(2.0 + alpha * 1.5)
+    # code: ce_pos + alpha min((ce_neg - tau)^2, ce_pos)
+    assert float(guidance_loss(2.0, 4.0, form="code")) == pytest.approx(2.0 + alpha * 0.25)
+    assert float(guidance_loss(2.0, 8.0, form="code")) == pytest.approx(2.0 + alpha * 2.0)  # capped by ce_pos
+    g_neg = jax.grad(lambda n: guidance_loss(2.0, n, form="code"))(4.0)
+    assert float(g_neg) == pytest.approx(alpha * 2 * (4.0 - tau))
+    g_pos, g_neg = jax.grad(lambda p, n: guidance_loss(p, n, form="code"), argnums=(0, 1))(2.0, 8.0)
+    assert float(g_pos) == pytest.approx(1 + alpha) and float(g_neg) == 0.0  # the cap: gradient to ce_pos
+    assert float(guidance_loss(1.0, 1.0, tau=1.0, alpha=0.5, form="paper")) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown guidance form"):
+        guidance_loss(1.0, 1.0, form="mse")
+
+
+def test_config_errors_name_the_choice():
+    with pytest.raises(ValueError, match="choose tanh or relu"):
+        DocMemConfig(d_model=4, key_activation="sigmoid")
