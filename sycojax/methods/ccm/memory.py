@@ -1,0 +1,123 @@
+"""CCM inference: the training computation run recurrently, keeping only the COMP tokens' K/V.
+
+    mem = CompressedMemory.empty(cfg, batch)
+    mem = update(params, trainable, cfg, spec, mem, turns)      # one turn per conversation, each compressed
+    nll = score(params, trainable, cfg, spec, mem, inputs, outputs)   # the target turn's NLL from memory
+    ids = generate(params, trainable, cfg, spec, mem, prompts, max_new_tokens=48)
+
+Segments are laid out exactly as the training rows (`data.py`): the first turn's segment starts with BOS,
+every later one with SEP; each update runs `[BOS|SEP] turn C×n` over the memory (all of it visible, as
+concat_recur lets every later token see every earlier COMP group), with the conditional LoRA on the COMP
+positions, and appends the n COMP K/V per layer: memory grows n_tok entries per turn per layer. Positions
+follow the skip rule (text positions count text tokens only; the j-th COMP token of a group sits at
+last text position + j). Rows of a batch are left-padded, so every row's COMP tokens share the same slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sycojax.methods.ccm import trees
+from sycojax.models import Adapters, ModelConfig, forward
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CompressedMemory:
+    k: jax.Array  # (L, B, M, n_kv, hd): RoPE already applied at their positions
+    v: jax.Array
+    text_pos: jax.Array  # (B,) text tokens seen so far (the next text position)
+    turns: int = dataclasses.field(metadata={"static": True}, default=0)
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, dtype=jnp.float32) -> CompressedMemory:
+        z = jnp.zeros((cfg.num_layers, batch, 0, cfg.num_kv_heads, cfg.head_dim), dtype)
+        return cls(z, z, jnp.zeros((batch,), jnp.int32), 0)
+
+    @property
+    def entries(self) -> int:
+        """K/V entries per layer per conversation."""
+        return int(self.k.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize)
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(r) for r in rows)
+    tokens = np.full((len(rows), n), pad, np.int32)
+    valid = np.zeros((len(rows), n), bool)
+    for i, r in enumerate(rows):
+        tokens[i, n - len(r) :], valid[i, n - len(r) :] = r, True
+    return tokens, valid
+
+
+def _run(params, trainable, cfg, spec, mem: CompressedMemory, tokens, valid, is_comp, positions):
+    """One forward of `tokens` over the memory; returns (logits, the new K/V of every slot)."""
+    b, t = tokens.shape
+    m = mem.entries
+    cache = {"k": jnp.concatenate([mem.k, jnp.zeros(mem.k.shape[:2] + (t,) + mem.k.shape[3:], mem.k.dtype)], 2),
+             "v": jnp.concatenate([mem.v, jnp.zeros(mem.v.shape[:2] + (t,) + mem.v.shape[3:], mem.v.dtype)], 2)}
+    causal = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+    mask = jnp.concatenate([jnp.ones((b, t, m), bool), causal], axis=-1)[:, None]
+    adapters = Adapters(lora=trainable["lora"], gate=is_comp.astype(jnp.float32), embeddings=trainable["comp"],
+                        lora_scale=spec.lora.alpha / spec.lora.rank)
+    out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, adapters=adapters, cache=cache,
+                  cache_index=m)
+    return out.logits, out.cache
+
+
+def _positions(text_pos, valid, is_comp, n_tok):
+    text = (valid & ~is_comp).astype(jnp.int32)
+    pos = text_pos[:, None] + jnp.cumsum(text, axis=1) - 1
+    j = jnp.cumsum(is_comp.astype(jnp.int32), axis=1)
+    return jnp.where(is_comp, pos + j, jnp.maximum(pos, 0)) * valid, text_pos + text.sum(1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec"))
+def _update_jit(params, trainable, mem, tokens, valid, is_comp, *, cfg, spec):
+    positions, text_pos = _positions(mem.text_pos, valid, is_comp, spec.n_tok)
+    _, cache = _run(params, trainable, cfg, spec, mem, tokens, valid, is_comp, positions)
+    keep = slice(cache["k"].shape[2] - spec.n_tok, None)  # left padding: every row's COMP tokens are last
+    return cache["k"][:, :, keep], cache["v"][:, :, keep], text_pos
+
+
+def update(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: CompressedMemory,
+           turns: Sequence[Sequence[int]], *, bos: int, sep: int, pad: int = 0) -> CompressedMemory:
+    """Compress one more turn per conversation into the memory (`turns[i]` for conversation i)."""
+    if len(turns) != mem.k.shape[1]:
+        raise ValueError(f"{len(turns)} turns for a memory of {mem.k.shape[1]} conversations")
+    comp = list(range(trees.comp_first_id(cfg), trees.comp_first_id(cfg) + spec.n_tok))
+    head = bos if mem.turns == 0 else sep
+    tokens, valid = _left_pad([[head, *t, *comp] for t in turns], pad)
+    is_comp = jnp.asarray(tokens >= trees.comp_first_id(cfg))
+    k, v, text_pos = _update_jit(params, trainable, mem, jnp.asarray(tokens), jnp.asarray(valid), is_comp,
+                                 cfg=cfg, spec=spec)
+    return CompressedMemory(jnp.concatenate([mem.k, k], 2), jnp.concatenate([mem.v, v], 2), text_pos,
+                            mem.turns + 1)
+
+
+def score(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: CompressedMemory,
+          inputs: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], *, sep: int, eos: int,
+          pad: int = 0) -> np.ndarray:
+    """Per-conversation mean NLL of `O EOS` after `SEP I SEP`, read from the memory alone."""
+    rows = [[sep, *i, sep, *o, eos] for i, o in zip(inputs, outputs)]
+    tokens, valid = _left_pad(rows, pad)
+    t = tokens.shape[1]
+    w = np.zeros_like(tokens, np.float32)
+    for r, o in enumerate(outputs):
+        w[r, t - len(o) - 2 : t - 1] = 1.0  # positions predicting O and EOS
+    is_comp = jnp.zeros(tokens.shape, bool)
+    positions, _ = _positions(mem.text_pos, jnp.asarray(valid), is_comp, spec.n_tok)
+    logits, _ = _run(params, trainable, cfg, spec, mem, jnp.asarray(tokens), jnp.asarray(valid), is_comp, positions)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+    nll = -jnp.take_along_axis(logp, jnp.asarray(tokens)[:, 1:, None], -1)[..., 0]
+    w = jnp.asarray(w)[:, :-1]
+    return np.asarray((nll * w).sum(1) / w.sum(1))
