@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from sycojax.data.sources import EmptyDatasetError
+from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods import ccm
 from sycojax.models import forward
-from sycojax.masks import causal_padding, positions_from_valid
 
 BOS, EOS, SEP, PAD = 1, 2, 5, 0
 
@@ -110,7 +110,7 @@ def test_loss_trains_only_the_ccm_trees(tiny_llama):
     batch = {k: jnp.asarray(v) for k, v in ccm.to_arrays(rows, 20, PAD).items()}
     tr = ccm.init_trainable(params, cfg, spec, jax.random.key(0))
     loss_fn = ccm.make_loss_fn(cfg, spec)
-    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(tr, {"base": params}, batch, jax.random.key(1))
+    (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(tr, {"base": params}, batch, jax.random.key(1))
     assert np.isfinite(float(loss)) and set(g) == {"comp", "lora"}
     assert float(jnp.abs(g["comp"]).max()) > 0
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g["lora"])) > 0

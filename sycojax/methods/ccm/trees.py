@@ -24,7 +24,8 @@ from sycojax.models.model import _get
 class CCMSpec:
     n_tok: int = 2
     attn_type: str = "concat_recur"
-    lora: LoraConfig = LoraConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o"))
+    lora: LoraConfig = dataclasses.field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0,
+                                                                            targets=("q", "k", "v", "o")))
     sink: bool = False
 
     def __post_init__(self):
