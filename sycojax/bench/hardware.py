@@ -23,7 +23,7 @@ share of the measured peak is an MFU against fp32 matmuls. `device_peak_mb` give
 GPU memory in use (JAX's allocator statistics, `torch.cuda.max_memory_allocated`).
 
 **Peak RSS.** Each benchmark job runs in its own fresh process (one framework imported); the
-process reports `peak_rss_mb()` at its end: the kernel's high-water mark of resident memory
+process reports `peak_rss_mb()` (`sycojax.eval.efficiency`) at its end: the kernel's high-water mark of resident memory
 (`VmHWM` from `/proc/self/status`, or `ru_maxrss` where /proc is missing). It covers the whole
 job: imports, model load, compilation and the timed runs.
 """
@@ -31,10 +31,10 @@ job: imports, model load, compilation and the timed runs.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 from sycojax.bench.timing import time_fn
+from sycojax.eval.efficiency import peak_rss_mb  # noqa: F401 - re-exported: the methods report it too
 
 PEAK_SIZES = (1024, 2048)
 GPU_PEAK_SIZES = (4096, 8192)  # a GPU needs larger products to reach its peak
@@ -161,19 +161,6 @@ def torch_read_bandwidth(
     with torch.inference_mode():
         t = time_fn(lambda: torch.sum(x), repeats=repeats, warmup=2, sync=sync)
     return nbytes / t.min_s
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, kB on Linux
 
 
 if __name__ == "__main__":  # python -m sycojax.bench.hardware jax|torch THREADS [cpu|gpu] -> FLOP/s FLOP/CPU-s read-B/s

@@ -23,7 +23,7 @@ import numpy as np
 
 from sycojax.adapters import LoraConfig
 from sycojax.adapters.export import export_peft, save_tree
-from sycojax.bench.hardware import peak_rss_mb
+from sycojax.eval.efficiency import peak_rss_mb
 from sycojax.eval.plots import plot_curves
 from sycojax.infer.generate import Sampling, generate
 from sycojax.methods import sycomode as sm

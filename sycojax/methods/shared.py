@@ -1,0 +1,35 @@
+"""Small helpers more than one method uses: the padding id, fixed-size batches, LoRA target lists.
+
+Each does one thing the methods used to write out on their own (gisting and its LoRA compression, the
+consolidation bench); anything bigger that two methods share belongs in a layer below (`data/`, `eval/`,
+`infer/`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sycojax.models import ModelConfig
+
+
+def padding_id(cfg: ModelConfig, tok: Any = None) -> int:
+    """The id padded rows are filled with: the model's pad id, else the tokenizer's, else its first EOS, else 0."""
+    for p in (cfg.pad_token_id, getattr(tok, "pad_token_id", None), *(cfg.eos_ids or ())):
+        if p is not None:
+            return int(p)
+    return 0
+
+
+def fixed_batches(items: Sequence, size: int) -> Iterator[tuple[list, int]]:
+    """Fixed-size chunks (the last padded by repeating its last item) and the number of real items in each:
+    one compiled shape for every batch."""
+    for i in range(0, len(items), size):
+        chunk = list(items[i : i + size])
+        n = len(chunk)
+        yield chunk + [chunk[-1]] * (size - n), n
+
+
+def lora_targets(text: Any) -> tuple[str, ...]:
+    """A config's comma list of LoRA targets (`"all"`, `"q_proj,v_proj"`) as a tuple of names."""
+    return tuple(t.strip() for t in str(text).split(",") if t.strip())
