@@ -24,8 +24,9 @@ def ccm_forward_logits(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec,
 
 def output_nll(logits, tokens, weights):
     """Mean next-token NLL where `weights` is 1 (the target turn)."""
-    nll = token_nll(logits[:, :-1], tokens[:, 1:])
-    return weighted_mean(nll, weights[:, :-1])
+    targets = jnp.minimum(tokens[:, 1:], logits.shape[-1] - 1)  # COMP ids are never targets (weight 0)
+    nll = token_nll(logits[:, :-1], targets)
+    return weighted_mean(jnp.where(weights[:, :-1] > 0, nll, 0.0), weights[:, :-1])
 
 
 def make_loss_fn(cfg: ModelConfig, spec: trees.CCMSpec):
