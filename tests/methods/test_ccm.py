@@ -114,3 +114,24 @@ def test_loss_trains_only_the_ccm_trees(tiny_llama):
     assert np.isfinite(float(loss)) and set(g) == {"comp", "lora"}
     assert float(jnp.abs(g["comp"]).max()) > 0
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g["lora"])) > 0
+
+
+def test_greedy_generation_from_memory_matches_the_one_pass_argmax(tiny_llama):
+    cfg, params = tiny_llama
+    spec = _spec()
+    tr = _trainable(params, cfg, spec)
+    comp = list(range(cfg.vocab_size, cfg.vocab_size + spec.n_tok))
+    convs = [[[10, 11, 12], [20, 21], [30, 31, 32, 33]], [[40], [50, 51, 52, 53], [60, 61]]]
+    mem = ccm.CompressedMemory.empty(cfg, 2)
+    for t in range(2):
+        mem = ccm.update(params, tr, cfg, spec, mem, [c[t] for c in convs], bos=BOS, sep=SEP, pad=PAD)
+    prompts = [[SEP, *c[2], SEP] for c in convs]
+    got = ccm.generate(params, cfg, mem, prompts, eos=-1, pad=PAD, max_new_tokens=4)
+    for c, g in zip(convs, got):
+        row = [BOS, *c[0], *comp, SEP, *c[1], *comp, SEP, *c[2], SEP]
+        want = []
+        for _ in range(4):  # greedy under the training mask, one token at a time
+            seq = jnp.asarray([row + want])
+            logits = ccm.ccm_forward_logits(params, tr, cfg, spec, seq, jnp.ones_like(seq, bool))
+            want.append(int(jnp.argmax(logits[0, -1])))
+        assert g == want

@@ -121,3 +121,45 @@ def score(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: Compres
     nll = -jnp.take_along_axis(logp, jnp.asarray(tokens)[:, 1:, None], -1)[..., 0]
     w = jnp.asarray(w)[:, :-1]
     return np.asarray((nll * w).sum(1) / w.sum(1))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _decode_step(params, cache, tokens, positions, mask, index, *, cfg):
+    out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, cache=cache, cache_index=index)
+    return jnp.argmax(out.logits[:, -1], -1), out.cache
+
+
+def generate(params, cfg: ModelConfig, mem: CompressedMemory, prompts: Sequence[Sequence[int]], *, eos: int,
+             pad: int = 0, max_new_tokens: int = 48) -> list[list[int]]:
+    """Greedy replies to `prompts` (the tokens after the memory, e.g. `SEP I SEP B:`) read from memory + prompt.
+
+    No COMP token is decoded, so the conditional LoRA is off and the frozen base answers (as in training,
+    where the output tokens see the memory only through attention)."""
+    tokens, valid = _left_pad(prompts, pad)
+    b, p = tokens.shape
+    m, s = mem.entries, mem.entries + p + max_new_tokens
+    shape = (cfg.num_layers, b, s, cfg.num_kv_heads, cfg.head_dim)
+    cache = {"k": jnp.zeros(shape, mem.k.dtype).at[:, :, :m].set(mem.k),
+             "v": jnp.zeros(shape, mem.v.dtype).at[:, :, :m].set(mem.v)}
+    slot_ok = np.zeros((b, s), bool)
+    slot_ok[:, :m], slot_ok[:, m : m + p] = True, valid
+    positions = np.asarray(mem.text_pos)[:, None] + np.cumsum(valid, 1) - 1
+    slot = np.arange(s)
+    mask = slot_ok[:, None, None, :] & (slot[None, None, None, :] <= m + np.arange(p)[None, None, :, None])
+    nxt, cache = _decode_step(params, cache, jnp.asarray(tokens), jnp.asarray(np.maximum(positions, 0) * valid),
+                              jnp.asarray(mask), m, cfg=cfg)
+    pos = positions[:, -1] + 1
+    out, done = [[] for _ in range(b)], np.zeros(b, bool)
+    for i in range(max_new_tokens):
+        ids = np.asarray(nxt)
+        for r in range(b):
+            if not done[r]:
+                done[r] = ids[r] == eos
+                if not done[r]:
+                    out[r].append(int(ids[r]))
+        if done.all() or i == max_new_tokens - 1:
+            break
+        slot_ok[:, m + p + i] = True
+        nxt, cache = _decode_step(params, cache, jnp.asarray(ids[:, None]), jnp.asarray(pos[:, None] + i),
+                                  jnp.asarray(slot_ok[:, None, None, :]), m + p + i, cfg=cfg)
+    return out

@@ -165,8 +165,10 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     return report
 
 
-def load_ccm(workdir: str | Path, cfg, *, n_tok: int | None = None, attn_type: str | None = None) -> tuple[dict, trees.CCMSpec]:
-    """The trained trees and spec of a CCM workdir; refuses another method's workdir or a mismatched spec."""
+def load_ccm(workdir: str | Path, cfg=None, *, n_tok: int | None = None,
+             attn_type: str | None = None) -> tuple[dict, trees.CCMSpec, dict]:
+    """(trees, spec, adapter metadata) of a CCM workdir; refuses another method's workdir, a spec other than
+    the one asked for, or (given `cfg`) trees that do not fit the model."""
     try:
         tree, meta = load_tree(Path(workdir) / "adapter")
     except FileNotFoundError:
@@ -181,7 +183,7 @@ def load_ccm(workdir: str | Path, cfg, *, n_tok: int | None = None, attn_type: s
     spec = trees.CCMSpec(n_tok=int(meta["n_tok"]), attn_type=meta["attn_type"], sink=bool(meta.get("sink", False)),
                          lora=LoraConfig(rank=int(meta["lora_rank"]), alpha=float(meta["lora_alpha"]),
                                          targets=tuple(meta["lora_targets"])))
-    if tree["comp"].shape != (spec.n_tok, cfg.hidden_size):
+    if cfg is not None and tree["comp"].shape != (spec.n_tok, cfg.hidden_size):
         raise CCMError(f"--ccm {workdir}: comp embeddings {tuple(tree['comp'].shape)} do not fit this model "
                        f"({spec.n_tok} x {cfg.hidden_size}); use the base model it was trained on")
-    return jax.tree.map(jnp.asarray, tree), spec
+    return jax.tree.map(jnp.asarray, tree), spec, meta
