@@ -4,20 +4,25 @@ from sycojax.models.config import ConfigError, ModelConfig, RopeScaling
 from sycojax.models.init import init_params, num_params, param_shapes
 from sycojax.models.model import (
     Adapters,
+    BaseFFN,
     Output,
     SequenceTooLong,
+    base_ffn,
+    block_mlp,
     check_length,
     embed,
     forward,
+    hidden_at,
     init_cache,
     lm_head_weight,
     restack_cache,
     unstack_cache,
     unstack_layers,
 )
+from sycojax.models.modules import BlockModules, Module
 
 __all__ = [
-    "Adapters", "ConfigError", "ModelConfig", "Output", "RopeScaling", "SequenceTooLong", "check_length",
-    "embed", "forward", "init_cache", "init_params", "lm_head_weight", "num_params", "param_shapes", "restack_cache",
-    "unstack_cache", "unstack_layers",
+    "Adapters", "BaseFFN", "BlockModules", "ConfigError", "ModelConfig", "Module", "Output", "RopeScaling",
+    "SequenceTooLong", "base_ffn", "block_mlp", "check_length", "embed", "forward", "hidden_at", "init_cache",
+    "init_params", "lm_head_weight", "num_params", "param_shapes", "restack_cache", "unstack_cache", "unstack_layers",
 ]

@@ -7,11 +7,18 @@ changes comes in from outside:
 - `mask (B, 1, T, S)` and `positions (B, T)`: built by `sycojax.masks` (gist, CCM, padding...);
 - `adapters`: separate trees combined only here — LoRA on any linear module (optionally gated per
   position) and extra embedding rows for token ids `>= vocab_size` (memory tokens, `<GIST>`, COMP);
+- `modules`: per-block modules (`modules.BlockModules`), each its own tree — a hook on chosen blocks'
+  outputs (`h ← h + f(h, ctx)`) and replacements of chosen blocks' feed-forward, with `module_ctx` (a
+  document key, a memory store) handed to every module. Without them, the one layer scan as always;
 - `cache`: a preallocated KV cache written at `cache_index` (keys stored after RoPE).
+
+`hidden_at` runs up to a block and `forward(start_layer=...)` on from there: below a module on a frozen
+base the activations never change, so they can be computed once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -22,6 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from sycojax.models import layers as L
 from sycojax.models.config import ModelConfig
+from sycojax.models.modules import BlockModules, module_output
 
 
 @struct.dataclass
@@ -96,7 +104,7 @@ def _get(tree, path):
 # --------------------------------------------------------------------------- blocks
 
 
-def _llama_block(h, lp, lora, ctx):
+def _llama_block(h, lp, lora, ctx, ffn=None):
     cfg: ModelConfig = ctx["cfg"]
     lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
                             weight_major=ctx["weight_major"])
@@ -110,13 +118,17 @@ def _llama_block(h, lp, lora, ctx):
     o, kv = _attend(q, k, v, ctx)
     h = h + lin(o.reshape(b, t, -1), att["o_proj"], alo.get("o_proj")).astype(h.dtype)
     x = L.rms_norm(h, lp["post_attention_layernorm"]["weight"], cfg.norm_eps)
-    mlp, mlo = lp["mlp"], lo.get("mlp", {})
-    act = jax.nn.silu(lin(x, mlp["gate_proj"], mlo.get("gate_proj"))) * lin(x, mlp["up_proj"], mlo.get("up_proj"))
-    h = h + lin(act, mlp["down_proj"], mlo.get("down_proj")).astype(h.dtype)
+    y = _llama_mlp(x, lp["mlp"], lo.get("mlp", {}), lin) if ffn is None else ffn(x.astype(ctx["dtype"]))
+    h = h + y.astype(h.dtype)
     return h, kv
 
 
-def _gpt_neox_block(h, lp, lora, ctx):
+def _llama_mlp(x, mlp, mlo, lin):
+    act = jax.nn.silu(lin(x, mlp["gate_proj"], mlo.get("gate_proj"))) * lin(x, mlp["up_proj"], mlo.get("up_proj"))
+    return lin(act, mlp["down_proj"], mlo.get("down_proj"))
+
+
+def _gpt_neox_block(h, lp, lora, ctx, ffn=None):
     cfg: ModelConfig = ctx["cfg"]
     lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
                             weight_major=ctx["weight_major"])
@@ -130,16 +142,21 @@ def _gpt_neox_block(h, lp, lora, ctx):
     attn_out = lin(o.reshape(b, t, -1), att["dense"], alo.get("dense")).astype(h.dtype)
     mlp, mlo = lp["mlp"], lo.get("mlp", {})
 
-    def ffn(y):
-        y = jax.nn.gelu(lin(y, mlp["dense_h_to_4h"], mlo.get("dense_h_to_4h")), approximate=False)
-        return lin(y, mlp["dense_4h_to_h"], mlo.get("dense_4h_to_h")).astype(h.dtype)
+    def ff(x):
+        y = _gpt_neox_mlp(x, mlp, mlo, lin) if ffn is None else ffn(x.astype(ctx["dtype"]))
+        return y.astype(h.dtype)
 
     if cfg.use_parallel_residual:
-        h = h + attn_out + ffn(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
+        h = h + attn_out + ff(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
     else:
         h = h + attn_out
-        h = h + ffn(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
+        h = h + ff(L.layer_norm(h, lp["post_attention_layernorm"], cfg.norm_eps))
     return h, kv
+
+
+def _gpt_neox_mlp(x, mlp, mlo, lin):
+    y = jax.nn.gelu(lin(x, mlp["dense_h_to_4h"], mlo.get("dense_h_to_4h")), approximate=False)
+    return lin(y, mlp["dense_4h_to_h"], mlo.get("dense_4h_to_h"))
 
 
 def _attend(q, k, v, ctx):
@@ -180,6 +197,34 @@ def _attend(q, k, v, ctx):
 
 
 _BLOCKS = {"llama": (_llama_block, "model"), "gpt_neox": (_gpt_neox_block, "gpt_neox")}
+_MLPS = {"llama": _llama_mlp, "gpt_neox": _gpt_neox_mlp}
+
+
+def base_ffn(mlp: dict, x: Float[Array, "b t d"], cfg: ModelConfig) -> Float[Array, "b t d"]:
+    """The base feed-forward of one block (its `mlp` tree, `block_mlp`) on its normed input `x`, in `x`'s dtype."""
+    return _MLPS[cfg.arch](x, mlp, {}, functools.partial(L.linear, dtype=x.dtype))
+
+
+def block_mlp(params: dict, cfg: ModelConfig, i: int) -> dict:
+    """Block `i`'s feed-forward weights (`mlp` subtree), from stacked or unstacked (`unstack_layers`) params."""
+    layers = params[_BLOCKS[cfg.arch][1]]["layers"]
+    if isinstance(layers, (list, tuple)):
+        return layers[i]["mlp"]
+    return jax.tree.map(lambda x: x[i], layers["mlp"])
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseFFN:
+    """The base model's feed-forward as an FF-replacement module: `Module(BaseFFN(cfg), block_mlp(params, cfg, i))`.
+
+    A replacement equal to it gives the base model's output: the reference a distilled FF is checked
+    against, and its natural starting point. Hashable by value (static under `jit`).
+    """
+
+    cfg: ModelConfig
+
+    def __call__(self, mlp: dict, x: Array, ctx: Any) -> Array:
+        return base_ffn(mlp, x, self.cfg)
 
 
 # --------------------------------------------------------------------------- forward
@@ -243,9 +288,12 @@ def forward(
     positions: Int[Array, "b t"],
     mask: Bool[Array, "b 1 t s"],
     adapters: Adapters | None = None,
+    modules: BlockModules | None = None,
+    module_ctx: Any = None,
     cache: dict | None = None,
     cache_index: Int[Array, ""] | int = 0,
     embeddings: Float[Array, "b t d"] | None = None,
+    start_layer: int = 0,
     return_hidden: bool = False,
     return_logits: bool = True,
     compute_dtype=None,
@@ -259,59 +307,41 @@ def forward(
       tokens: `(B, T)` ids; ids `>= vocab_size` read `adapters.embeddings`. Ignored if `embeddings` given.
       positions: `(B, T)` RoPE positions (explicit: gist and CCM choose their own).
       mask: `(B, 1, T, S)` bool, `S = T` without a cache, `S = cache length` with one.
+      modules: per-block modules (`modules.BlockModules`: hooks on chosen blocks' outputs, replacements of
+        chosen blocks' feed-forward), each its own tree. None (or empty): the plain model's one layer scan.
+        With modules, the plain blocks between module blocks are scanned over slices of the stacked params
+        and each module block runs unrolled; the cache (stacked or unstacked) works the same way.
+      module_ctx: any pytree handed unchanged to every module (a document key, a memory store's arrays).
       cache: `{"k","v"}` of shape `(L, B, S, n_kv, hd)`; new keys/values are written at `cache_index`.
-      return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed).
+      embeddings: `(B, T, D)` to start from instead of embedding `tokens`; with `start_layer > 0`, the
+        residual stream entering block `start_layer` (`hidden_at`).
+      start_layer: run only blocks `start_layer .. L-1` (and their modules), from `embeddings`: the frozen
+        blocks below a module computed once and cached. No KV cache with it.
+      return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed;
+        a hooked block's entry includes its hook). With `start_layer = s`: `L - s + 1` entries, from block s's input.
       return_logits: False skips the LM head (losses that chunk over the vocabulary read `final_hidden`).
       compute_dtype: matmul dtype (None: the params' dtype); norms/softmax/RoPE stay fp32.
       remat: rematerialise each block in the backward pass (`jax.checkpoint`), trading compute for memory:
         False stores every residual; True / "full" recomputes the whole block; "dots" keeps the matmul
         outputs (projections, MLP) and recomputes attention scores, softmax and elementwise ops (`REMAT_POLICIES`).
     """
+    if not 0 <= start_layer < cfg.num_layers:
+        raise ValueError(f"start_layer={start_layer}: the model has blocks 0..{cfg.num_layers - 1}")
+    if start_layer and (embeddings is None or cache is not None):
+        raise ValueError("start_layer > 0 needs `embeddings` (the stream entering that block, `hidden_at`) "
+                         "and no cache")
     adapters = adapters if adapters is not None else Adapters()
-    block, root = _BLOCKS[cfg.arch]
     dtype = compute_dtype or _get(params, cfg.embed_path).dtype
     h = embeddings if embeddings is not None else embed(params, tokens, cfg, adapters.embeddings)
     h = h.astype(dtype)
-    rope = L.rope_cos_sin(cfg, positions)
-    lora_layers = None if adapters.lora is None else adapters.lora[root]["layers"]
-
-    layers = params[root]["layers"]
-    unstacked = isinstance(layers, (list, tuple))
     # inference on a few rows (decoding: one token per row) streams each weight faster laid out (out, rows)
     weight_major = cache is not None and h.shape[0] * h.shape[1] <= L.WEIGHT_MAJOR_MAX_ROWS
-
-    def step(h, xs):
-        lp, lo, lc = xs
-        ctx = dict(
-            cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
-            layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
-            weight_major=weight_major,
-        )
-        h, kv = block(h, lp, lo, ctx)
-        return h, (kv, h if return_hidden else None)
-
-    if remat:
-        step = jax.checkpoint(step, policy=remat_policy(remat))
     h_in = h
-    if unstacked:  # unstacked (see `unstack_layers`): a Python loop over layers
-        new_cache, hs = ([] if cache is not None else None), []
-        for i, lp in enumerate(layers):
-            lo = None if lora_layers is None else jax.tree.map(lambda x, i=i: x[i], lora_layers)
-            h, (kv, hh) = step(h, (lp, lo, None if cache is None else cache[i]))
-            hs.append(hh)
-            if cache is not None:  # the layer wrote its own cache buffer in place (`_attend`)
-                new_cache.append(kv)
-        hs = jnp.stack(hs) if return_hidden else None
-    else:
-        h, (new_kv, hs) = jax.lax.scan(step, h, (layers, lora_layers, cache))
-        new_cache = None
-        if cache is not None:  # one in-place write of every layer's new K/V: (L, B, T, n_kv, hd) at cache_index
-            new_cache = {
-                name: jax.lax.dynamic_update_slice(cache[name], new_kv[name].astype(cache[name].dtype),
-                                                   (0, 0, cache_index, 0, 0))
-                for name in ("k", "v")
-            }
-
+    h, new_cache, hs = _blocks(
+        params, h, cfg=cfg, positions=positions, mask=mask, adapters=adapters, modules=modules,
+        module_ctx=module_ctx, cache=cache, cache_index=cache_index, start=start_layer, stop=cfg.num_layers,
+        return_hidden=return_hidden, dtype=dtype, attn_impl=attn_impl, remat=remat, weight_major=weight_major,
+    )
     if cfg.arch == "llama":
         final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
     else:
@@ -323,3 +353,122 @@ def forward(
     # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
     hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
     return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache)
+
+
+def hidden_at(
+    params: dict,
+    tokens: Int[Array, "b t"] | None,
+    *,
+    cfg: ModelConfig,
+    positions: Int[Array, "b t"],
+    mask: Bool[Array, "b 1 t t"],
+    layer: int,
+    adapters: Adapters | None = None,
+    modules: BlockModules | None = None,
+    module_ctx: Any = None,
+    embeddings: Float[Array, "b t d"] | None = None,
+    compute_dtype=None,
+    attn_impl: str = "xla",
+) -> Float[Array, "b t d"]:
+    """The residual stream entering block `layer`: the embeddings for 0, else block `layer - 1`'s output
+    (with the modules of blocks below `layer`) — `forward(..., return_hidden=True).hidden_states[layer]`
+    without running the blocks above. Resume with `forward(params, None, embeddings=h, start_layer=layer)`
+    (same positions and mask): with a frozen base, the blocks below a module's block are computed once.
+    """
+    if not 0 <= layer <= cfg.num_layers:
+        raise ValueError(f"layer={layer}: the model has blocks 0..{cfg.num_layers - 1} (layer may be {cfg.num_layers})")
+    adapters = adapters if adapters is not None else Adapters()
+    dtype = compute_dtype or _get(params, cfg.embed_path).dtype
+    h = embeddings if embeddings is not None else embed(params, tokens, cfg, adapters.embeddings)
+    h = h.astype(dtype)
+    if layer == 0:
+        return h
+    h, _, _ = _blocks(
+        params, h, cfg=cfg, positions=positions, mask=mask, adapters=adapters, modules=modules,
+        module_ctx=module_ctx, cache=None, cache_index=0, start=0, stop=layer, return_hidden=False,
+        dtype=dtype, attn_impl=attn_impl, remat=False, weight_major=False,
+    )
+    return h
+
+
+def _blocks(params, h, *, cfg, positions, mask, adapters, modules, module_ctx, cache, cache_index, start, stop,
+            return_hidden, dtype, attn_impl, remat, weight_major):
+    """Blocks `start .. stop-1` on the residual stream `h` -> `(h, new cache | None, block outputs | None)`.
+
+    Without modules (and all blocks) this is ONE `lax.scan` over the stacked layers, as the plain model
+    always ran. With modules: a scan per run of plain blocks (over a slice of the stacked params and
+    cache) and each module block unrolled between them; their new K/V are joined along the layer axis
+    and written into the cache once, as in the plain scan.
+    """
+    block, root = _BLOCKS[cfg.arch]
+    rope = L.rope_cos_sin(cfg, positions)
+    lora_layers = None if adapters.lora is None else adapters.lora[root]["layers"]
+    if modules is not None:
+        modules.check(cfg.num_layers)
+    special = [i for i in (modules.blocks if modules is not None else ()) if start <= i < stop]
+
+    layers = params[root]["layers"]
+    unstacked = isinstance(layers, (list, tuple))
+
+    def run(h, xs, i=None):
+        lp, lo, lc = xs
+        ctx = dict(
+            cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
+            layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
+            weight_major=weight_major,
+        )
+        hook = ffn = None
+        if i is not None:  # a module block
+            hook, ffn = modules.hooks.get(i), modules.ffn.get(i)
+        ff = None if ffn is None else (lambda x: module_output("ffn", i, ffn(x, module_ctx), x))
+        h, kv = block(h, lp, lo, ctx, ff)
+        if hook is not None:
+            h = h + module_output("hook", i, hook(h, module_ctx), h)
+        return h, (kv, h if return_hidden else None)
+
+    def step(h, xs):
+        return run(h, xs)
+
+    def module_step(i):
+        f = functools.partial(run, i=i)
+        return jax.checkpoint(f, policy=remat_policy(remat)) if remat else f
+
+    if remat:
+        step = jax.checkpoint(step, policy=remat_policy(remat))
+    if unstacked:  # unstacked (see `unstack_layers`): a Python loop over layers
+        new_cache, hs = ([] if cache is not None else None), []
+        for i in range(start, stop):
+            lo = None if lora_layers is None else jax.tree.map(lambda x, i=i: x[i], lora_layers)
+            f = module_step(i) if i in special else step
+            h, (kv, hh) = f(h, (layers[i], lo, None if cache is None else cache[i]))
+            hs.append(hh)
+            if cache is not None:  # the layer wrote its own cache buffer in place (`_attend`)
+                new_cache.append(kv)
+        hs = jnp.stack(hs) if return_hidden else None
+        return h, new_cache, hs
+
+    xs = (layers, lora_layers, cache)
+    if not special and (start, stop) == (0, cfg.num_layers):  # the plain model: one scan
+        h, (new_kv, hs) = jax.lax.scan(step, h, xs)
+    else:
+        kvs, hss, a = [], [], start
+        for i in special + [stop]:
+            if a < i:  # plain blocks a .. i-1: one scan over their slice
+                h, (kv, hh) = jax.lax.scan(step, h, jax.tree.map(lambda x, a=a, i=i: x[a:i], xs))
+                kvs.append(kv)
+                hss.append(hh)
+            if i < stop:  # module block i, unrolled
+                h, (kv, hh) = module_step(i)(h, jax.tree.map(lambda x, i=i: x[i], xs))
+                kvs.append(jax.tree.map(lambda x: x[None], kv))
+                hss.append(None if hh is None else hh[None])
+            a = i + 1
+        new_kv = None if cache is None else jax.tree.map(lambda *x: jnp.concatenate(x), *kvs)
+        hs = jnp.concatenate(hss) if return_hidden else None
+    new_cache = None
+    if cache is not None:  # one in-place write of every layer's new K/V: (L, B, T, n_kv, hd) at cache_index
+        new_cache = {
+            name: jax.lax.dynamic_update_slice(cache[name], new_kv[name].astype(cache[name].dtype),
+                                               (0, 0, cache_index, 0, 0))
+            for name in ("k", "v")
+        }
+    return h, new_cache, hs
