@@ -90,3 +90,30 @@ def test_guidance_loss_both_forms_values_and_gradients():
 def test_config_errors_name_the_choice():
     with pytest.raises(ValueError, match="choose tanh or relu"):
         DocMemConfig(d_model=4, key_activation="sigmoid")
+
+
+def test_the_module_as_a_block_hook_on_the_model(tiny_llama):
+    """On the seam: a hook on the last block gives the LM head `docmem_apply(h_last)`; keys change the logits."""
+    from sycojax.masks import causal_padding, positions_from_valid  # noqa: PLC0415
+    from sycojax.methods.docmem import DocMemHook  # noqa: PLC0415
+    from sycojax.models import BlockModules, Module, forward  # noqa: PLC0415
+
+    cfg, params = tiny_llama
+    c = DocMemConfig(d_model=cfg.hidden_size, memory_units=8, key_dim=2)
+    p = init_docmem(jax.random.key(0), c)
+    tokens = jnp.asarray([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    valid = jnp.ones_like(tokens, bool)
+    kw = dict(cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid))
+    keys = document_keys(jax.random.key(1), 2, 2)
+    last = cfg.num_layers - 1
+    mods = BlockModules(hooks={last: Module(DocMemHook(c), p)})
+    out = forward(params, tokens, modules=mods, module_ctx={"doc_key": keys}, return_hidden=True, **kw)
+    plain = forward(params, tokens, return_hidden=True, **kw)
+    np.testing.assert_allclose(np.asarray(out.hidden_states[:-1]), np.asarray(plain.hidden_states[:-1]), atol=1e-6)
+    swapped = forward(params, tokens, modules=mods, module_ctx={"doc_key": keys[::-1]}, **kw)
+    assert not np.allclose(np.asarray(out.logits), np.asarray(plain.logits), atol=1e-4)
+    assert not np.allclose(np.asarray(out.logits), np.asarray(swapped.logits), atol=1e-4)
+    g = jax.grad(lambda q: forward(params, tokens, modules=BlockModules(hooks={last: Module(DocMemHook(c), q)}),
+                                   module_ctx={"doc_key": keys}, **kw).logits.sum())(p)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
+    assert float(jnp.abs(g["gate"]["w"]).max()) > 0

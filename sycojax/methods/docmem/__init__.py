@@ -1,14 +1,16 @@
 """Document memory with guidance (the fourth seed system): a key-selected module on one block's output.
 
-`module.py`: the module's tree, document keys, negative keys, the forward `docmem_apply`. The loss
-is `sycojax.objectives.guidance_loss`. Training, data and evaluation build on the per-block module
-seam of `sycojax.models` (issue 21).
+`module.py`: the module's tree, document keys, negative keys, the forward `docmem_apply`, and `DocMemHook`,
+the module as a block hook on the model's per-block seam (`sycojax.models.BlockModules`). The loss
+is `sycojax.objectives.guidance_loss`; documents come from `sycojax.data.documents`. Training and
+evaluation are not built yet.
 """
 
 from sycojax.methods.docmem.module import (
     KEY_ACTIVATIONS,
     NEGATIVE_KEYS,
     DocMemConfig,
+    DocMemHook,
     docmem_apply,
     document_keys,
     init_docmem,
@@ -20,6 +22,7 @@ __all__ = [
     "KEY_ACTIVATIONS",
     "NEGATIVE_KEYS",
     "DocMemConfig",
+    "DocMemHook",
     "docmem_apply",
     "document_keys",
     "init_docmem",

@@ -98,3 +98,15 @@ def docmem_apply(
     x = x @ params["down"]["w"].T + params["down"]["b"]
     x = x @ params["lmm"]["w"].T + params["lmm"]["b"]
     return (h.astype(jnp.float32) + act(x)).astype(h.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class DocMemHook:
+    """The module as a block hook for `forward(modules=BlockModules(hooks={i: Module(DocMemHook(c), params)}),
+    module_ctx={"doc_key": (B, key_dim) or None})`: returns the increment `h' - h` (the seam adds it)."""
+
+    c: DocMemConfig
+
+    def __call__(self, params, h, ctx):
+        key = None if ctx is None else ctx.get("doc_key")
+        return (docmem_apply(params, h, key, self.c).astype(jnp.float32) - h.astype(jnp.float32)).astype(h.dtype)
