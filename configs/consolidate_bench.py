@@ -24,12 +24,12 @@ Tuning that chose them. First session (CPU; pirate and facts contexts, 8 queries
 20 steps, KL gap closed at steps 4/8/12/16/20): LoRA lr 2e-3 pirate 72/74/74/73/72 %, facts 34/48/49/53/57 %;
 memory (16 tokens) lr 3e-2 pirate 49/58/78/81/81 %, facts 7/12/17/23/27 %; full lr 3e-5 pirate 67/77/80/80/80 %.
 Hence a cosine decay (no late overfitting) and a larger memory lr. Third session (all 8 contexts, tail-mass loss,
-on an H100; results/consolidate_bench_{16steps,64steps,128steps}.json), median gap closed LoRA / memory / full:
+on an H100; results/archive/consolidate_bench_{16steps,64steps,128steps}.json), median gap closed LoRA / memory / full:
 12 queries × 2, 32-token replies, 16 steps 45 / 45 / 42 %; 32 × 2, 64 tokens, 64 steps 64 / 67 / 54 %;
 64 × 2, 64 tokens, 128 steps (batch 4, LoRA lr 2e-3) 68 / 76 / 58 %; the same with LoRA lr 1e-3: LoRA 71 %
-(results/consolidate_bench_lora_lr1e-3.json). Sixth/seventh sessions (these defaults: 256 queries × 2,
+(results/archive/consolidate_bench_lora_lr1e-3.json). Sixth/seventh sessions (these defaults: 256 queries × 2,
 batch 16, 256 steps, LoRA lr 1e-3, 128 self-study questions; results/consolidate_bench.json): 87 / 86 / 79 %;
-without self-study (results/consolidate_bench_no_self_study.json) the document / facts LoRA gaps fall from
+without self-study (results/archive/consolidate_bench_no_self_study.json) the document / facts LoRA gaps fall from
 59 / 90 % to 50 / 83 %. More data and steps help every method; longer replies let the sign-off and format
 contexts show at all. On 2 CPU cores the defaults take hours (the first session's 16-step, 32-token settings
 took 40 min for 4 contexts there); `--quick` is the smoke test, and `--contexts` + `--merge` split a run.

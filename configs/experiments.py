@@ -4,7 +4,7 @@
     python launch/experiments.py --experiment=2 --method=memory --config.method.lr=3e-2
     python launch/experiments.py --experiment=3 --objective=causal_language_model
 
-method.*: what trains and how the targets are made (see sycojax/methods/sycomode_experiments.py).
+method.*: what trains and how the targets are made (see sycojax/methods/sycomode_experiments/).
 method.lr is the learning rate of method.name; lr_by_method gives each method's default (used when
 --lr is not given). probes: the generic prompts the teacher continues ("|"-separated; "" = no probe).
 """

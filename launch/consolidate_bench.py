@@ -10,7 +10,7 @@
 
 Prints one line per (context, method) as it goes, then the table and the per-method summary; writes
 the JSON (after every context, so a partial run keeps what it measured) and the KL-vs-step plot.
-What each number means: `sycojax/methods/sycomode_bench.py`.
+What each number means: `sycojax/methods/sycomode_bench/`.
 """
 
 import json

@@ -6,7 +6,7 @@
     python launch/experiments.py --experiment=2 --json           # also record it in results/experiments.json
 
 The context is consolidated with `--method` (lora | memory | full) and `--objective`; everything else
-is `--config.<field>=...` (configs/experiments.py). What is measured: sycojax/methods/sycomode_experiments.py.
+is `--config.<field>=...` (configs/experiments.py). What is measured: sycojax/methods/sycomode_experiments/.
 """
 
 import json
