@@ -135,3 +135,29 @@ def test_greedy_generation_from_memory_matches_the_one_pass_argmax(tiny_llama):
             logits = ccm.ccm_forward_logits(params, tr, cfg, spec, seq, jnp.ones_like(seq, bool))
             want.append(int(jnp.argmax(logits[0, -1])))
         assert g == want
+
+
+def test_saved_trees_reload_with_their_spec_and_give_the_same_logits(tiny_llama, tmp_path):
+    from sycojax.adapters.export import save_tree  # noqa: PLC0415
+    from sycojax.methods.ccm.run import CCMError, load_ccm  # noqa: PLC0415
+
+    cfg, params = tiny_llama
+    spec = _spec(n_tok=2)
+    tr = _trainable(params, cfg, spec)
+    meta = {"method": "ccm", "model": "tiny", "n_tok": 2, "attn_type": "concat_recur", "lora_rank": 8,
+            "lora_alpha": 16.0, "lora_targets": ["q", "k", "v", "o"]}
+    save_tree(jax.device_get(tr), tmp_path / "adapter", meta)
+    back, spec2, meta2 = load_ccm(tmp_path, cfg)
+    assert spec2 == spec and meta2["model"] == "tiny"
+    comp = list(range(cfg.vocab_size, cfg.vocab_size + 2))
+    row = ccm.dialog_rows([[10, 11], [20, 21, 22], [30]], comp, bos=BOS, sep=SEP, eos=EOS, max_len=64)[-1]
+    arr = ccm.to_arrays([row], len(row.tokens), PAD)
+    t, v = jnp.asarray(arr["tokens"]), jnp.asarray(arr["valid"])
+    np.testing.assert_array_equal(np.asarray(ccm.ccm_forward_logits(params, tr, cfg, spec, t, v)),
+                                  np.asarray(ccm.ccm_forward_logits(params, back, cfg, spec2, t, v)))
+    with pytest.raises(CCMError, match="trained with n_tok=2, not 4"):
+        load_ccm(tmp_path, cfg, n_tok=4)
+    with pytest.raises(CCMError, match="trained with attn_type='concat_recur', not 'merge_recur'"):
+        load_ccm(tmp_path, cfg, attn_type="merge_recur")
+    with pytest.raises(CCMError, match="no adapter/ in it"):
+        load_ccm(tmp_path / "nope", cfg)
