@@ -117,3 +117,47 @@ def test_the_module_as_a_block_hook_on_the_model(tiny_llama):
                                    module_ctx={"doc_key": keys}, **kw).logits.sum())(p)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
     assert float(jnp.abs(g["gate"]["w"]).max()) > 0
+
+
+def test_cached_training_step_and_greedy_decoding_with_the_module(tiny_llama):
+    """The loss on cached activations equals the full forward's; greedy decoding with the hook (KV cache) equals
+    the argmax of full recomputation; the guidance gradient reaches the module."""
+    from sycojax.masks import causal_padding, positions_from_valid  # noqa: PLC0415
+    from sycojax.methods.docmem import DocMemHook  # noqa: PLC0415
+    from sycojax.methods.docmem import eval as E  # noqa: PLC0415
+    from sycojax.methods.docmem import loss as Lo  # noqa: PLC0415
+    from sycojax.models import BlockModules, Module, forward  # noqa: PLC0415
+
+    cfg, params = tiny_llama
+    c = DocMemConfig(d_model=cfg.hidden_size, memory_units=8, key_dim=2)
+    p = init_docmem(jax.random.key(0), c)
+    layer = cfg.num_layers - 1
+    tokens = jnp.asarray([[1, 5, 6, 7, 8, 9], [1, 9, 10, 11, 0, 0]])
+    valid = tokens > 0
+    keys = document_keys(jax.random.key(1), 2, 2)
+    h = Lo.cache_hidden(params, tokens, valid, cfg=cfg, layer=layer)
+    nll = Lo.window_nll(params, p, c, cfg, layer, h, tokens, valid, valid.astype(jnp.float32), keys)
+    full = forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
+                   modules=BlockModules(hooks={layer: Module(DocMemHook(c), p)}), module_ctx={"doc_key": keys}).logits
+    logp = jax.nn.log_softmax(full[:, :-1], -1)
+    ref = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    w = valid[:, 1:].astype(jnp.float32)
+    np.testing.assert_allclose(np.asarray(nll), np.asarray((ref * w).sum(1) / w.sum(1)), rtol=1e-5)
+
+    loss_fn = Lo.make_loss_fn(cfg, c, layer, negative="other", tau=4.5, alpha=0.1, form="code")
+    batch = {"h": h, "tokens": tokens, "valid": valid, "weights": valid.astype(jnp.float32), "doc": jnp.array([0, 1])}
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, {"base": params, "keys": keys}, batch,
+                                                               jax.random.key(2))
+    assert np.isfinite(float(loss)) and float(aux["ce_pos"]) > 0 and float(jnp.abs(g["gate"]["w"]).max()) > 0
+
+    prompts = [[1, 5, 6], [1, 9]]
+    got = E.greedy(params, cfg, prompts, 3, module_params=p, c=c, layer=layer, keys=np.asarray(keys))
+    for r, pr in enumerate(prompts):
+        seq = list(pr)
+        for _ in range(3):
+            t = jnp.asarray([seq])
+            lg = forward(params, t, cfg=cfg, positions=positions_from_valid(t > -1), mask=causal_padding(t > -1),
+                         modules=BlockModules(hooks={layer: Module(DocMemHook(c), p)}),
+                         module_ctx={"doc_key": keys[r : r + 1]}).logits
+            seq.append(int(jnp.argmax(lg[0, -1])))
+        assert got[r].tolist() == seq[len(pr) :]

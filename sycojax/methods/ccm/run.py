@@ -148,8 +148,9 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     meta = {"base_model": info.id, "base_hash": info.content_hash, "method": "ccm", "n_tok": spec.n_tok,
             "attn_type": spec.attn_type, "lora_rank": spec.lora.rank, "lora_alpha": spec.lora.alpha,
             "lora_targets": list(spec.lora.targets), "sink": spec.sink}
+    c.train.batch_size = min(int(c.train.batch_size), len(rows))
     result = train(Lo.make_loss_fn(cfg, spec), trainable, {"base": params},
-                   ArrayIterator(arrays, min(int(c.train.batch_size), len(rows)), seed=int(c.train.seed)), c,
+                   ArrayIterator(arrays, c.train.batch_size, seed=int(c.train.seed)), c,
                    str(workdir), metadata=meta, eval_fn=eval_fn, resume=resume)
     trainable = jax.device_get(result.trainable)
     after = eval_nll(params, trainable, cfg, spec, val_rows, c.data.sep_id)

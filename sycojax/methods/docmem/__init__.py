@@ -2,8 +2,11 @@
 
 `module.py`: the module's tree, document keys, negative keys, the forward `docmem_apply`, and `DocMemHook`,
 the module as a block hook on the model's per-block seam (`sycojax.models.BlockModules`). The loss
-is `sycojax.objectives.guidance_loss`; documents come from `sycojax.data.documents`. Training and
-evaluation are not built yet.
+is `sycojax.objectives.guidance_loss`; documents come from `sycojax.data.documents`.
+`loss.py`: activations entering the hooked block cached once (`cache_hidden`), the guidance step on them.
+`eval.py`: greedy decoding with the module (KV cache), recall (ROUGE-L F, exact tokens).
+`run.py`: `train_run` (what `launch/train_docmem.py` calls). Not built yet: a gate whose cost does not grow
+with the number of documents (product keys / sparse top-k) and the scaling curve.
 """
 
 from sycojax.methods.docmem.module import (
