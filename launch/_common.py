@@ -47,3 +47,33 @@ def load_config(name: str):
     from sycojax.train.config import load_config_file  # noqa: PLC0415
 
     return load_config_file(config_path(name))
+
+
+def run_training(config_value, train_run, errors: tuple = (), *, summary) -> None:
+    """The body of a `launch/train_<method>.py`: start (multi-host if asked), check the config, run
+    `train_run(config, resume=, overwrite=)` with one-line errors, print `summary(report)` and where outputs went."""
+    from absl import flags  # noqa: PLC0415
+
+    from sycojax.train import check_values, distributed  # noqa: PLC0415
+
+    quiet_logs()
+    distributed.maybe_initialize_from_flags()
+    with one_line_errors(*errors):
+        check_values(config_value)
+        report = train_run(config_value, resume=flags.FLAGS.resume, overwrite=flags.FLAGS.overwrite)
+    print()
+    for line in summary(report):
+        print(line)
+    for k, v in report["outputs"].items():
+        print(f"{k + ':':<11}{v}")
+
+
+def define_training_flags() -> None:
+    """--resume / --overwrite and the multi-host flags every training launch takes."""
+    from absl import flags  # noqa: PLC0415
+
+    from sycojax.train import distributed  # noqa: PLC0415
+
+    flags.DEFINE_bool("resume", False, "continue the run in --config.workdir from its latest checkpoint")
+    flags.DEFINE_bool("overwrite", False, "replace the run in --config.workdir")
+    distributed.define_flags()

@@ -23,8 +23,9 @@ from sycojax.adapters.export import save_tree
 from sycojax.data.documents import document_windows, load_documents_jsonl, wikipedia_documents
 from sycojax.methods.docmem import eval as E
 from sycojax.methods.docmem import loss as Lo
-from sycojax.methods.docmem.module import DocMemConfig, document_keys, init_docmem, negative_keys
+from sycojax.methods.docmem.module import NEGATIVE_KEYS, DocMemConfig, document_keys, init_docmem, negative_keys
 from sycojax.models.loading import load_model
+from sycojax.objectives import GUIDANCE_FORMS
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.train import ArrayIterator, train
 
@@ -59,8 +60,14 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     cfg, params, info = load_model(c.model.name)
     tok = load_tokenizer(c.model.name)
     layer = int(c.method.hook_block) % cfg.num_layers
-    mc = DocMemConfig(d_model=cfg.hidden_size, memory_units=int(c.method.memory_units), key_dim=int(c.method.key_dim),
-                      key_activation=c.method.key_activation, act=c.method.act)
+    try:
+        mc = DocMemConfig(d_model=cfg.hidden_size, memory_units=int(c.method.memory_units),
+                          key_dim=int(c.method.key_dim), key_activation=c.method.key_activation, act=c.method.act)
+    except ValueError as e:
+        raise DocMemError(f"config.method: {e}") from None
+    if c.method.negative_key not in NEGATIVE_KEYS or c.method.guidance_form not in GUIDANCE_FORMS:
+        raise DocMemError(f"config.method.negative_key={c.method.negative_key!r} / guidance_form="
+                          f"{c.method.guidance_form!r}: choose {', '.join(NEGATIVE_KEYS)} / {' or '.join(GUIDANCE_FORMS)}")
     arrays = window_arrays(tok, windows, int(c.data.max_tokens))
     hs = [np.asarray(Lo.cache_hidden(params, jnp.asarray(arrays["tokens"][i : i + 16]),
                                      jnp.asarray(arrays["valid"][i : i + 16]), cfg=cfg, layer=layer))
