@@ -25,8 +25,8 @@ from sycojax.methods.docmem import eval as E
 from sycojax.methods.docmem import loss as Lo
 from sycojax.methods.docmem.module import NEGATIVE_KEYS, DocMemConfig, document_keys, init_docmem, negative_keys
 from sycojax.models.loading import load_model
-from sycojax.objectives import GUIDANCE_FORMS
 from sycojax.models.tokenizer import load_tokenizer
+from sycojax.objectives import GUIDANCE_FORMS
 from sycojax.train import ArrayIterator, train
 
 REPORT = "report.json"
