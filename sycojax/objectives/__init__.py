@@ -17,7 +17,7 @@ from sycojax.objectives.distill import (
 )
 from sycojax.objectives.guidance import GUIDANCE_FORMS, guidance_loss
 from sycojax.objectives.hidden import cosine_similarity, distill_on_all_hidden_layers, distill_on_hidden_layer
-from sycojax.objectives.language_model import causal_language_model, next_token_targets, token_nll
+from sycojax.objectives.language_model import causal_language_model, next_token_targets, row_nll, token_nll
 from sycojax.objectives.registry import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective, needs_hidden_states
 from sycojax.objectives.weighting import last_only_weights, select_weights, weighted_mean
 
@@ -30,13 +30,14 @@ __all__ = [
     "distill_on_all_hidden_layers",
     "distill_on_hidden_layer",
     "distill_on_output_logits",
-    "guidance_loss",
     "distill_on_topk",
     "distill_topk_from_hidden",
     "get_objective",
+    "guidance_loss",
     "last_only_weights",
     "needs_hidden_states",
     "next_token_targets",
+    "row_nll",
     "select_weights",
     "teacher_topk",
     "token_kl",

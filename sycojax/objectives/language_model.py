@@ -18,6 +18,17 @@ def token_nll(logits: Float[Array, "b t v"], targets: Int[Array, "b t"]) -> Floa
 
 
 @jax.jit
+def row_nll(logits: Float[Array, "b t v"], targets: Int[Array, "b t"], weights: Array) -> Float[Array, " b"]:
+    """Per-row weighted mean of `token_nll` (targets ALREADY ALIGNED to the logits, as `causal_language_model`).
+
+    Positions of weight 0 contribute exactly 0 even where their target is not a vocabulary id (a row's
+    special tokens); a row with no weight gives 0."""
+    w = weights.astype(jnp.float32)
+    nll = jnp.where(w > 0, token_nll(logits, targets), 0.0)
+    return (nll * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+
+
+@jax.jit
 def causal_language_model(
     logits: Float[Array, "b t v"], targets: Int[Array, "b t"], weights: Array
 ) -> Float[Array, ""]:

@@ -49,3 +49,16 @@ def test_next_token_targets_shift_and_padding():
     targets, weights = next_token_targets(tokens, valid)
     np.testing.assert_array_equal(targets, [[6, 7, 0, 0], [8, 9, 4, 0]])
     np.testing.assert_array_equal(weights, [[1, 1, 0, 0], [0, 1, 1, 0]])
+
+
+def test_row_nll_is_the_per_row_weighted_mean_and_ignores_unweighted_non_vocab_targets():
+    from sycojax.objectives import row_nll, token_nll  # noqa: PLC0415
+
+    logits = jax.random.normal(jax.random.key(0), (2, 4, 7))
+    targets = jnp.array([[1, 2, 3, 4], [5, 6, 99, 99]])  # 99: not a vocabulary id, weight 0
+    weights = jnp.array([[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 0.0, 0.0]])
+    got = np.asarray(row_nll(logits, targets, weights))
+    nll = np.asarray(token_nll(logits, jnp.minimum(targets, 6)))
+    want = [(nll[0, 0] + nll[0, 1] + 2 * nll[0, 3]) / 4, (nll[1, 0] + nll[1, 1]) / 2]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert float(row_nll(logits, targets, jnp.zeros_like(weights))[0]) == 0.0

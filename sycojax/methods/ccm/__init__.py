@@ -9,7 +9,7 @@ The mask itself is `sycojax.masks.ccm`.
 """
 
 from sycojax.methods.ccm.data import Row, dialog_rows, split_conversations, to_arrays, turn_ids, without_comp
-from sycojax.methods.ccm.loss import ccm_forward_logits, make_loss_fn, output_nll, plain_nll
+from sycojax.methods.ccm.loss import ccm_forward_logits, make_loss_fn, output_nll
 from sycojax.methods.ccm.memory import CompressedMemory, generate, score, update
 from sycojax.methods.ccm.trees import CCMSpec, adapters, comp_first_id, init_comp, init_trainable
 
@@ -26,7 +26,6 @@ __all__ = [
     "init_trainable",
     "make_loss_fn",
     "output_nll",
-    "plain_nll",
     "score",
     "split_conversations",
     "to_arrays",

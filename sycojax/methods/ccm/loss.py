@@ -3,10 +3,8 @@ mask, with skip position ids and the LoRA active only at COMP positions; CE on t
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.masks.ccm import ccm_mask, comp_flags, skip_positions
 from sycojax.methods.ccm import trees
 from sycojax.models import ModelConfig, forward
@@ -38,10 +36,3 @@ def make_loss_fn(cfg: ModelConfig, spec: trees.CCMSpec):
 
     return loss_fn
 
-
-def plain_nll(params, cfg: ModelConfig, arrays) -> jax.Array:
-    """The frozen base under plain causal attention (the full-context and no-context references)."""
-    tokens, valid = jnp.asarray(arrays["tokens"]), jnp.asarray(arrays["valid"])
-    logits = forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid),
-                     mask=causal_padding(valid)).logits
-    return output_nll(logits, tokens, jnp.asarray(arrays["weights"]))

@@ -25,6 +25,7 @@ import numpy as np
 
 from sycojax.methods.ccm import trees
 from sycojax.models import Adapters, ModelConfig, forward
+from sycojax.objectives import row_nll
 
 
 @jax.tree_util.register_dataclass
@@ -117,10 +118,7 @@ def score(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: Compres
     is_comp = jnp.zeros(tokens.shape, bool)
     positions, _ = _positions(mem.text_pos, jnp.asarray(valid), is_comp, spec.n_tok)
     logits, _ = _run(params, trainable, cfg, spec, mem, jnp.asarray(tokens), jnp.asarray(valid), is_comp, positions)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, jnp.asarray(tokens)[:, 1:, None], -1)[..., 0]
-    w = jnp.asarray(w)[:, :-1]
-    return np.asarray((nll * w).sum(1) / w.sum(1))
+    return np.asarray(row_nll(logits[:, :-1], jnp.asarray(tokens)[:, 1:], jnp.asarray(w)[:, :-1]))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

@@ -29,6 +29,7 @@ from sycojax.methods.ccm import trees
 from sycojax.models import forward
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
+from sycojax.objectives import row_nll
 from sycojax.train import ArrayIterator, train
 
 REPORT = "report.json"
@@ -101,11 +102,7 @@ def _row_nll(params, trainable, tokens, valid, weights, *, cfg, spec):
                          mask=causal_padding(valid)).logits
     else:
         logits = Lo.ccm_forward_logits(params, trainable, cfg, spec, tokens, valid)
-    logp = jax.nn.log_softmax(logits[:, :-1], -1)
-    targets = jnp.minimum(tokens[:, 1:], logits.shape[-1] - 1)  # COMP ids are never targets (weight 0)
-    nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    w = weights[:, :-1]
-    return jnp.where(w > 0, nll, 0.0).sum(1) / jnp.maximum(w.sum(1), 1.0)
+    return row_nll(logits[:, :-1], tokens[:, 1:], weights[:, :-1])  # COMP ids are never targets (weight 0)
 
 
 def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:

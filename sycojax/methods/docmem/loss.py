@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods.docmem.module import DocMemConfig, DocMemHook, negative_keys
 from sycojax.models import BlockModules, ModelConfig, Module, forward, hidden_at
-from sycojax.objectives import guidance_loss
+from sycojax.objectives import guidance_loss, row_nll
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
@@ -30,10 +29,7 @@ def window_nll(params, module_params, c: DocMemConfig, cfg: ModelConfig, layer: 
     mods = BlockModules(hooks={layer: Module(DocMemHook(c), module_params)})
     logits = forward(params, None, cfg=cfg, embeddings=h, start_layer=layer, positions=positions_from_valid(valid),
                      mask=causal_padding(valid), modules=mods, module_ctx={"doc_key": key}).logits
-    logp = jax.nn.log_softmax(logits[:, :-1], -1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-    w = weights[:, 1:]
-    return (nll * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+    return row_nll(logits[:, :-1], tokens[:, 1:], weights[:, 1:])
 
 
 def make_loss_fn(cfg: ModelConfig, c: DocMemConfig, layer: int, *, negative: str, tau: float, alpha: float, form: str):
