@@ -97,5 +97,16 @@ def merge_lora(params: dict, lora: dict, cfg: ModelConfig, scale: float) -> dict
     return out
 
 
+def stack_lora_rows(loras: list[dict]) -> dict:
+    """LoRA trees of the same targets and rank -> one per-row tree (leaves `(B, L, ...)`, row `b` = `loras[b]`),
+    for `Adapters(lora=..., lora_per_row=True)`: a batch whose rows each carry their own LoRA."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *loras)
+
+
+def lora_row(lora_rows: dict, b: int) -> dict:
+    """Row `b` of a per-row LoRA tree: an ordinary LoRA tree (for merge, export, generate)."""
+    return jax.tree.map(lambda x: x[b], lora_rows)
+
+
 def count(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -228,6 +228,9 @@ def generate(
         tokens, valid = left_pad(prompts, pad, 1)
     if adapters is not None and adapters.gate is not None:
         raise ValueError("generate() applies adapters everywhere; pass adapters without a per-position gate")
+    if adapters is not None and adapters.lora_per_row and prefix:
+        raise ValueError("a per-row LoRA with a shared prefix: the prefix's K/V is computed once for all rows, so "
+                         "it cannot carry each row's LoRA; put the prefix in each prompt (prefix=None)")
     buf, lengths = _generate(
         params, jnp.asarray(tokens), jnp.asarray(valid), jax.random.key(seed), adapters,
         None if not prefix else jnp.asarray([list(prefix)], jnp.int32),

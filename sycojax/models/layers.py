@@ -76,12 +76,15 @@ def linear(
     gate: Float[Array, "b t"] | None = None,
     dtype=None,
     weight_major: bool = False,
+    lora_per_row: bool = False,
 ) -> Float[Array, "b t o"]:
     """`y = x Wᵀ + b (+ s · g ⊙ (x Aᵀ) Bᵀ)`.
 
     `p = {"weight": (o, i), "bias"?: (o,)}`; `lora = {"lora_A": (r, i), "lora_B": (o, r)}` (PEFT names),
     `s = alpha / r` and `g` an optional per-position gate (1 where the adapter applies). `weight_major`:
-    how `x Wᵀ` is laid out (`dot_wt`; the forward sets it for few-row inference calls).
+    how `x Wᵀ` is laid out (`dot_wt`; the forward sets it for few-row inference calls). `lora_per_row`:
+    the LoRA has a leading batch axis, `lora_A (b, r, i)`, `lora_B (b, o, r)`: row `b` gets its own
+    (`lora_delta_rows`).
     """
     dtype = dtype or x.dtype
     xc = x.astype(dtype)
@@ -89,9 +92,12 @@ def linear(
     if "bias" in p:
         y = y + p["bias"].astype(dtype)
     if lora is not None:
-        b, t, i = xc.shape
-        d = lora_delta(xc.reshape(b * t, i), lora["lora_A"].astype(dtype), lora["lora_B"].astype(dtype), lora_scale)
-        d = d.reshape(b, t, -1)
+        a_w, b_w = lora["lora_A"].astype(dtype), lora["lora_B"].astype(dtype)
+        if lora_per_row:
+            d = lora_delta_rows(xc, a_w, b_w, lora_scale)
+        else:
+            b, t, i = xc.shape
+            d = lora_delta(xc.reshape(b * t, i), a_w, b_w, lora_scale).reshape(b, t, -1)
         if gate is not None:
             d = d * gate[..., None].astype(dtype)
         y = y + d
@@ -122,6 +128,13 @@ def _lora_delta_bwd(scale, res, g):
 
 
 lora_delta.defvjp(_lora_delta_fwd, _lora_delta_bwd)
+
+
+def lora_delta_rows(
+    x: Float[Array, "b t i"], a_w: Float[Array, "b r i"], b_w: Float[Array, "b o r"], scale: float
+) -> Float[Array, "b t o"]:
+    """`lora_delta` with a LoRA per batch row: `s · (x_b A_bᵀ) B_bᵀ` for each row `b` (two batched matmuls)."""
+    return jnp.einsum("btr,bor->bto", jnp.einsum("bti,bri->btr", x, a_w), b_w) * scale
 
 
 # --------------------------------------------------------------------------- norms

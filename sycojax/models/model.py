@@ -41,12 +41,16 @@ class Adapters:
     lora_scale:  `alpha / r` (static).
     gate:        `(B, T)` in {0, 1}: where LoRA applies (conditional LoRA); None = everywhere.
     embeddings:  `(N, D)` rows for token ids `V .. V+N-1` (memory / gist / COMP tokens).
+    lora_per_row: (static) each batch row carries its own LoRA: every leaf of `lora` has a leading batch
+                 axis, `lora_A (B, L, r, in)`, `lora_B (B, L, out, r)`, and row `b` of the batch is patched
+                 by `[b]` (a generated LoRA per context; `sycojax.adapters.stack_lora_rows` builds one).
     """
 
     lora: Any = None
     gate: Array | None = None
     embeddings: Array | None = None
     lora_scale: float = struct.field(pytree_node=False, default=1.0)
+    lora_per_row: bool = struct.field(pytree_node=False, default=False)
 
 
 @struct.dataclass
@@ -56,6 +60,7 @@ class Output:
                                  # the last one after the final norm (as HF)
     final_hidden: Array  # (B, T, D) after the final norm: what the LM head reads
     cache: dict | None  # {"k", "v"}: (L, B, S, n_kv, hd)
+    ffn_inputs: dict | None = None  # {block: (B, T, D)}: what each FF-replacement module read (`return_ffn_inputs`)
 
 
 class SequenceTooLong(ValueError):
@@ -107,7 +112,7 @@ def _get(tree, path):
 def _llama_block(h, lp, lora, ctx, ffn=None):
     cfg: ModelConfig = ctx["cfg"]
     lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
-                            weight_major=ctx["weight_major"])
+                            weight_major=ctx["weight_major"], lora_per_row=ctx["lora_per_row"])
     lo = lora or {}
     b, t, _ = h.shape
     x = L.rms_norm(h, lp["input_layernorm"]["weight"], cfg.norm_eps)
@@ -131,7 +136,7 @@ def _llama_mlp(x, mlp, mlo, lin):
 def _gpt_neox_block(h, lp, lora, ctx, ffn=None):
     cfg: ModelConfig = ctx["cfg"]
     lin = functools.partial(L.linear, lora_scale=ctx["lora_scale"], gate=ctx["gate"], dtype=ctx["dtype"],
-                            weight_major=ctx["weight_major"])
+                            weight_major=ctx["weight_major"], lora_per_row=ctx["lora_per_row"])
     lo = lora or {}
     b, t, _ = h.shape
     att, alo = lp["attention"], lo.get("attention", {})
@@ -296,6 +301,7 @@ def forward(
     start_layer: int = 0,
     return_hidden: bool = False,
     return_logits: bool = True,
+    return_ffn_inputs: bool = False,
     compute_dtype=None,
     attn_impl: str = "xla",
     remat: bool | str = False,
@@ -320,6 +326,8 @@ def forward(
       return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed;
         a hooked block's entry includes its hook). With `start_layer = s`: `L - s + 1` entries, from block s's input.
       return_logits: False skips the LM head (losses that chunk over the vocabulary read `final_hidden`).
+      return_ffn_inputs: also return the normed input each FF-replacement module read, `{block: (B, T, D)}`
+        (what a memory written from the model's activations stores); not with `remat`.
       compute_dtype: matmul dtype (None: the params' dtype); norms/softmax/RoPE stay fp32.
       remat: rematerialise each block in the backward pass (`jax.checkpoint`), trading compute for memory:
         False stores every residual; True / "full" recomputes the whole block; "dots" keeps the matmul
@@ -327,6 +335,8 @@ def forward(
     """
     if not 0 <= start_layer < cfg.num_layers:
         raise ValueError(f"start_layer={start_layer}: the model has blocks 0..{cfg.num_layers - 1}")
+    if return_ffn_inputs and remat:
+        raise ValueError("return_ffn_inputs with remat: the inputs live inside the rematerialised blocks; pass remat=False")
     if start_layer and (embeddings is None or cache is not None):
         raise ValueError("start_layer > 0 needs `embeddings` (the stream entering that block, `hidden_at`) "
                          "and no cache")
@@ -337,10 +347,12 @@ def forward(
     # inference on a few rows (decoding: one token per row) streams each weight faster laid out (out, rows)
     weight_major = cache is not None and h.shape[0] * h.shape[1] <= L.WEIGHT_MAJOR_MAX_ROWS
     h_in = h
+    ffn_inputs = {} if return_ffn_inputs else None
     h, new_cache, hs = _blocks(
         params, h, cfg=cfg, positions=positions, mask=mask, adapters=adapters, modules=modules,
         module_ctx=module_ctx, cache=cache, cache_index=cache_index, start=start_layer, stop=cfg.num_layers,
         return_hidden=return_hidden, dtype=dtype, attn_impl=attn_impl, remat=remat, weight_major=weight_major,
+        ffn_inputs=ffn_inputs,
     )
     if cfg.arch == "llama":
         final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
@@ -352,7 +364,7 @@ def forward(
         logits = L.dot_wt(final.astype(dtype), w.astype(dtype), weight_major).astype(jnp.float32)
     # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
     hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
-    return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache)
+    return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache, ffn_inputs=ffn_inputs)
 
 
 def hidden_at(
@@ -391,18 +403,31 @@ def hidden_at(
     return h
 
 
+def _per_row_layers_first(lora_layers: dict, rows: int) -> dict:
+    """A per-row LoRA's leaves `(B, L, ...)` -> `(L, B, ...)`, so the layer scan (or loop) hands each block
+    its `(B, r, in)` / `(B, out, r)` slices; the row count must be the batch's."""
+    for x in jax.tree.leaves(lora_layers):
+        if x.ndim != 4 or x.shape[0] != rows:
+            raise ValueError(f"a per-row LoRA (Adapters(lora_per_row=True)) needs leaves (B={rows}, L, ...) for a batch "
+                             f"of {rows} rows; got a leaf of shape {x.shape}")
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), lora_layers)
+
+
 def _blocks(params, h, *, cfg, positions, mask, adapters, modules, module_ctx, cache, cache_index, start, stop,
-            return_hidden, dtype, attn_impl, remat, weight_major):
+            return_hidden, dtype, attn_impl, remat, weight_major, ffn_inputs=None):
     """Blocks `start .. stop-1` on the residual stream `h` -> `(h, new cache | None, block outputs | None)`.
 
     Without modules (and all blocks) this is ONE `lax.scan` over the stacked layers, as the plain model
     always ran. With modules: a scan per run of plain blocks (over a slice of the stacked params and
     cache) and each module block unrolled between them; their new K/V are joined along the layer axis
-    and written into the cache once, as in the plain scan.
+    and written into the cache once, as in the plain scan. `ffn_inputs` (a dict, or None) receives each
+    FF-replacement module's input by block index (module blocks are unrolled, so the values stay in this trace).
     """
     block, root = _BLOCKS[cfg.arch]
     rope = L.rope_cos_sin(cfg, positions)
     lora_layers = None if adapters.lora is None else adapters.lora[root]["layers"]
+    if lora_layers is not None and adapters.lora_per_row:
+        lora_layers = _per_row_layers_first(lora_layers, h.shape[0])
     if modules is not None:
         modules.check(cfg.num_layers)
     special = [i for i in (modules.blocks if modules is not None else ()) if start <= i < stop]
@@ -413,15 +438,21 @@ def _blocks(params, h, *, cfg, positions, mask, adapters, modules, module_ctx, c
     def run(h, xs, i=None):
         lp, lo, lc = xs
         ctx = dict(
-            cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale, dtype=dtype,
+            cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale,
+            lora_per_row=adapters.lora_per_row, dtype=dtype,
             layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
             weight_major=weight_major,
         )
         hook = ffn = None
         if i is not None:  # a module block
             hook, ffn = modules.hooks.get(i), modules.ffn.get(i)
-        ff = None if ffn is None else (lambda x: module_output("ffn", i, ffn(x, module_ctx), x))
-        h, kv = block(h, lp, lo, ctx, ff)
+
+        def ff(x):
+            if ffn_inputs is not None:
+                ffn_inputs[i] = x
+            return module_output("ffn", i, ffn(x, module_ctx), x)
+
+        h, kv = block(h, lp, lo, ctx, None if ffn is None else ff)
         if hook is not None:
             h = h + module_output("hook", i, hook(h, module_ctx), h)
         return h, (kv, h if return_hidden else None)

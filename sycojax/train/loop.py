@@ -22,8 +22,9 @@ A method supplies a loss and its trees; the loop owns everything else::
 
 One step, in order: host batch -> micro-batch layout `(A, B/A, ...)` -> each process hands its rows
 to `jax.make_array_from_process_local_data` -> the AOT-compiled step (grad accumulation scan, optax
-update; trainable / optimizer state / step counter donated) -> metrics kept on device until the
-next logging step -> every `ckpt.every` steps an async Orbax save -> every `eval_every` steps eval.
+update; trainable / optimizer state / step counter donated) -> `between_steps` (host state, may replace
+the frozen tree) -> metrics kept on device until the next logging step -> every `ckpt.every` steps an
+async Orbax save (then `on_save`) -> every `eval_every` steps eval.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def train(
     *,
     param_rules: shd.Rules = shd.PARAM_RULES,
     mesh: jax.sharding.Mesh | None = None,
+    between_steps: Callable[[int, Any, Mapping[str, np.ndarray]], Any] | None = None,
+    on_save: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `trainable` for `cfg.train.num_steps` optimizer updates (see the module docstring).
 
@@ -153,6 +156,12 @@ def train(
     an uninterrupted run) or starts from scratch when there is none; `resume=False` on a workdir
     that already holds checkpoints is an error. `param_rules` (see `sycojax.train.sharding`) place
     the trainable and frozen leaves; `mesh` defaults to `make_mesh(cfg.mesh)`.
+
+    State that lives beside the trees (a kNN memory store written as the model trains):
+    `between_steps(step, trainable, host_batch)` runs after every optimizer update with the updated
+    trainable tree and that step's global host batch, and returns a new frozen tree (same structure,
+    shapes and dtypes, so the compiled step is reused) or None to keep it; `on_save(step)` runs
+    right after the checkpoint of `step` is handed to Orbax (to commit that state with it).
     """
     cfg = resolve_config(cfg)
     tc = cfg.train
@@ -293,11 +302,17 @@ def train(
                 trainable, opt_state, step_arr, metrics = compiled(trainable, opt_state, step_arr, frozen, batch)
                 batch = None
                 pending.append((step, metrics))
+                if between_steps is not None:
+                    new_frozen = between_steps(step, trainable, host_batch)
+                    if new_frozen is not None:
+                        frozen = shd.put_tree(new_frozen, f_sh)
 
                 final = step == num_steps
                 if (ckpt_every and step % ckpt_every == 0) or final:
                     check_finite(pending, trainable)  # a diverged run stops before it saves anything
                     ckpts.save(step, trainable, opt_state, data.get_state(), save_meta(step))
+                    if on_save is not None:
+                        on_save(step)
                 do_eval = eval_fn is not None and ((eval_every and step % eval_every == 0) or final)
                 if step % log_every == 0 or final or do_eval:
                     records = _flush(pending, window)
