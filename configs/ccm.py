@@ -2,9 +2,16 @@
 
     python launch/train_ccm.py --config.workdir=checkpoints/ccm
     python launch/train_ccm.py --config.train.num_steps=20 --config.data.num_train=100   # a quick look
+    python launch/train_ccm.py --config.method.attn_type=merge_recur --config.workdir=checkpoints/ccm_merge
 
-method: n_tok COMP tokens per turn (upstream: 1, 2, 4, 8), concat_recur (merge_recur is not built yet),
-LoRA on q,k,v,o r=8 alpha=16 active only at COMP positions (upstream; its dropout 0.05 is not applied).
+method: n_tok COMP tokens per turn (upstream: 1, 2, 4, 8); attn_type
+  concat_recur  CCM-concat: every turn's n_tok COMP K/V are kept, memory grows n_tok entries per turn per layer;
+  merge_recur   CCM-merge: each turn's `COMP×n` is followed by `SUM×n` (their own embedding rows), whose K/V in
+                every layer are the running mean of the turns' COMP K/V, Mem(t) = (1-1/t) Mem(t-1) + COMP(t)/t:
+                n_tok entries per layer whatever the number of turns (LLaMA-family models);
+sink keeps BOS visible to every token (and its K/V in the memory); LoRA on q,k,v,o r=8 alpha=16 active only at
+COMP/SUM positions (upstream; its dropout 0.05 is not applied). The checkpoint records attn_type; loading it as
+the other type is refused.
 data: chitchat conversations with >= 3 turns, split by conversation (seed), every turn t >= 2 a target;
 turns clipped to max_turn_tokens; rows over max_len lose their oldest context turns, and a target whose
 input + output alone do not fit is dropped and counted. Sized for 2 CPU cores: ~3-4 s per step of 8 rows

@@ -1,6 +1,7 @@
 """Train Compressed Context Memory (COMP tokens + conditional LoRA) on real dialogs, in one parallel pass.
 
     python launch/train_ccm.py --config.workdir=checkpoints/ccm [--resume | --overwrite]
+    python launch/train_ccm.py --config.method.attn_type=merge_recur   # CCM-merge (default concat_recur)
 
 Every field of `configs/ccm.py` is reachable as `--config.<section>.<key>=...`. Ends by printing where
 the outputs went.
@@ -18,7 +19,8 @@ _common.define_training_flags()
 
 def summary(report):
     b, a = report["val_before"], report["val_after"]
-    yield (f"ccm n_tok={report['spec']['n_tok']}: {report['steps']} steps on {report['train_rows']} rows, "
+    spec = report["spec"]
+    yield (f"ccm {spec['attn_type']} n_tok={spec['n_tok']}: {report['steps']} steps on {report['train_rows']} rows, "
            f"{report['wall_s']:.0f}s")
     yield (f"validation NLL  ccm {b['ccm']:.3f} -> {a['ccm']:.3f}   full context {a['full']:.3f}   no context "
            f"{a['none']:.3f}   gap recovered {100 * a['gap_recovered']:.1f}%")

@@ -168,6 +168,10 @@ def _attend(q, k, v, ctx):
     cos, sin = ctx["rope"]
     q = L.apply_rope(q, cos, sin)
     k = L.apply_rope(k, cos, sin)
+    if ctx["kv_mix"] is not None:  # rows of K/V replaced by weighted sums of other rows (after RoPE)
+        weights, rows = ctx["kv_mix"]
+        k, v = (jnp.where(rows[:, :, None, None], jnp.einsum("bqk,bkmh->bqmh", weights.astype(x.dtype), x), x)
+                for x in (k, v))
     lc = ctx["layer_cache"]
     if lc is None:
         return L.attention(q, k, v, ctx["mask"], impl=ctx["attn_impl"]), None
@@ -302,6 +306,7 @@ def forward(
     return_hidden: bool = False,
     return_logits: bool = True,
     return_ffn_inputs: bool = False,
+    kv_mix: tuple | None = None,
     compute_dtype=None,
     attn_impl: str = "xla",
     remat: bool | str = False,
@@ -326,6 +331,9 @@ def forward(
       return_hidden: also return every block's output (HF's `output_hidden_states`: the last entry is normed;
         a hooked block's entry includes its hook). With `start_layer = s`: `L - s + 1` entries, from block s's input.
       return_logits: False skips the LM head (losses that chunk over the vocabulary read `final_hidden`).
+      kv_mix: `(weights (B, T, T), rows (B, T) bool)`: in every layer, after RoPE, the keys and values of the
+        positions in `rows` become `weights @ K` / `weights @ V` (CCM-merge's running mean of COMP K/V at its SUM
+        tokens, computed in the same parallel pass). No KV cache with it.
       return_ffn_inputs: also return the normed input each FF-replacement module read, `{block: (B, T, D)}`
         (what a memory written from the model's activations stores); not with `remat`.
       compute_dtype: matmul dtype (None: the params' dtype); norms/softmax/RoPE stay fp32.
@@ -335,6 +343,8 @@ def forward(
     """
     if not 0 <= start_layer < cfg.num_layers:
         raise ValueError(f"start_layer={start_layer}: the model has blocks 0..{cfg.num_layers - 1}")
+    if kv_mix is not None and cache is not None:
+        raise ValueError("kv_mix mixes the K/V of this call's positions; it cannot be combined with a KV cache")
     if return_ffn_inputs and remat:
         raise ValueError("return_ffn_inputs with remat: the inputs live inside the rematerialised blocks; pass remat=False")
     if start_layer and (embeddings is None or cache is not None):
@@ -352,7 +362,7 @@ def forward(
         params, h, cfg=cfg, positions=positions, mask=mask, adapters=adapters, modules=modules,
         module_ctx=module_ctx, cache=cache, cache_index=cache_index, start=start_layer, stop=cfg.num_layers,
         return_hidden=return_hidden, dtype=dtype, attn_impl=attn_impl, remat=remat, weight_major=weight_major,
-        ffn_inputs=ffn_inputs,
+        ffn_inputs=ffn_inputs, kv_mix=kv_mix,
     )
     if cfg.arch == "llama":
         final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
@@ -414,7 +424,7 @@ def _per_row_layers_first(lora_layers: dict, rows: int) -> dict:
 
 
 def _blocks(params, h, *, cfg, positions, mask, adapters, modules, module_ctx, cache, cache_index, start, stop,
-            return_hidden, dtype, attn_impl, remat, weight_major, ffn_inputs=None):
+            return_hidden, dtype, attn_impl, remat, weight_major, ffn_inputs=None, kv_mix=None):
     """Blocks `start .. stop-1` on the residual stream `h` -> `(h, new cache | None, block outputs | None)`.
 
     Without modules (and all blocks) this is ONE `lax.scan` over the stacked layers, as the plain model
@@ -441,7 +451,7 @@ def _blocks(params, h, *, cfg, positions, mask, adapters, modules, module_ctx, c
             cfg=cfg, rope=rope, mask=mask, gate=adapters.gate, lora_scale=adapters.lora_scale,
             lora_per_row=adapters.lora_per_row, dtype=dtype,
             layer_cache=lc, cache_index=cache_index, attn_impl=attn_impl, own_cache_buffer=unstacked,
-            weight_major=weight_major,
+            weight_major=weight_major, kv_mix=kv_mix,
         )
         hook = ffn = None
         if i is not None:  # a module block

@@ -8,13 +8,14 @@ import pytest
 from sycojax.data.sources import EmptyDatasetError
 from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods import ccm
+from sycojax.methods.ccm.memory import _run
 from sycojax.models import forward
 
 BOS, EOS, SEP, PAD = 1, 2, 5, 0
 
 
-def _spec(n_tok=2):
-    return ccm.CCMSpec(n_tok=n_tok)
+def _spec(n_tok=2, attn_type="concat_recur", sink=False):
+    return ccm.CCMSpec(n_tok=n_tok, attn_type=attn_type, sink=sink)
 
 
 def _trainable(params, cfg, spec, seed=0):
@@ -56,9 +57,9 @@ def test_comp_init_is_the_mean_of_every_nth_vocab_row(tiny_llama):
     np.testing.assert_allclose(comp[1], table[1::3].mean(0), rtol=1e-6)
 
 
-def test_merge_recur_is_refused_with_the_reason():
-    with pytest.raises(NotImplementedError, match="only concat_recur trains today"):
-        ccm.CCMSpec(attn_type="merge_recur")
+def test_unknown_attention_type_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="use one of concat_recur, merge_recur"):
+        ccm.CCMSpec(attn_type="merge")
 
 
 def test_lora_acts_only_at_comp_positions(tiny_llama):
@@ -78,28 +79,41 @@ def test_lora_acts_only_at_comp_positions(tiny_llama):
     assert not np.allclose(np.asarray(got[:, -3:]), np.asarray(no_lora[:, -3:]), atol=1e-4)  # the LoRA matters
 
 
-@pytest.mark.parametrize("n_tok", [1, 2])
-def test_recurrent_inference_equals_the_one_pass_training_computation(tiny_llama, n_tok):
+@pytest.mark.parametrize(("attn_type", "n_tok", "sink"), [("concat_recur", 1, False), ("concat_recur", 2, False),
+                                                        ("concat_recur", 2, True), ("merge_recur", 1, False),
+                                                        ("merge_recur", 2, False), ("merge_recur", 2, True)])
+def test_recurrent_inference_equals_the_one_pass_training_computation(tiny_llama, attn_type, n_tok, sink):
+    """Target-turn NLL and logits from the recurrent memory equal the one-pass training forward (concat: every
+    COMP group; merge: the running mean of SUM K/V inside the pass, Mem(t) = (1-1/t) Mem(t-1) + COMP(t)/t)."""
     cfg, params = tiny_llama
-    spec = _spec(n_tok)
+    spec = _spec(n_tok, attn_type, sink)
     tr = _trainable(params, cfg, spec)
-    comp = list(range(cfg.vocab_size, cfg.vocab_size + n_tok))
+    group = ccm.group_ids(cfg, spec)
     rng = np.random.default_rng(0)
     convs = [[list(rng.integers(6, 100, size=n)) for n in lens] for lens in ([3, 5, 2, 4, 3], [6, 1, 4, 2, 5])]
-    one_pass = []
+    one_pass, one_pass_logits = [], []
     for turns in convs:
-        row = ccm.dialog_rows(turns, comp, bos=BOS, sep=SEP, eos=EOS, max_len=128)[-1]  # 3 compressed turns
+        row = ccm.dialog_rows(turns, group, bos=BOS, sep=SEP, eos=EOS, max_len=128)[-1]  # 3 compressed turns
         arr = ccm.to_arrays([row], len(row.tokens) + 3, PAD)  # right padding too
         logits = ccm.ccm_forward_logits(params, tr, cfg, spec, jnp.asarray(arr["tokens"]), jnp.asarray(arr["valid"]))
         one_pass.append(float(ccm.output_nll(logits, jnp.asarray(arr["tokens"]), jnp.asarray(arr["weights"]))))
+        one_pass_logits.append(np.asarray(logits[0, row.loss_start - 1 : len(row.tokens) - 1]))
     mem = ccm.CompressedMemory.empty(cfg, 2)
     for t in range(3):  # both conversations at once, turns of different lengths
         mem = ccm.update(params, tr, cfg, spec, mem, [c[t] for c in convs], bos=BOS, sep=SEP, pad=PAD)
-    assert mem.entries == 3 * n_tok and mem.turns == 3
-    assert mem.nbytes == 2 * cfg.num_layers * 2 * 3 * n_tok * cfg.num_kv_heads * cfg.head_dim * 4
+    entries = (n_tok if spec.merge else 3 * n_tok) + sink
+    assert mem.entries == entries and mem.turns == 3
+    assert mem.nbytes == 2 * cfg.num_layers * 2 * entries * cfg.num_kv_heads * cfg.head_dim * 4
     recurrent = ccm.score(params, tr, cfg, spec, mem, [c[3] for c in convs], [c[4] for c in convs], sep=SEP,
                           eos=EOS, pad=PAD)
     np.testing.assert_allclose(recurrent, one_pass, rtol=1e-4, atol=1e-5)
+    for i, c in enumerate(convs):  # the logits themselves, at the output positions (each row alone, no padding)
+        sub = ccm.CompressedMemory(mem.k[:, i : i + 1], mem.v[:, i : i + 1], mem.text_pos[i : i + 1], mem.turns)
+        row = [SEP, *c[3], SEP, *c[4], EOS]
+        pos = sub.text_pos[:, None] + jnp.arange(len(row))[None]
+        logits, _ = _run(params, tr, cfg, spec, sub.k, sub.v, jnp.asarray([row]), jnp.ones((1, len(row)), bool),
+                         jnp.zeros((1, len(row)), bool), pos)
+        np.testing.assert_allclose(np.asarray(logits[0, len(c[3]) + 1 : -1]), one_pass_logits[i], atol=1e-4)
 
 
 def test_loss_trains_only_the_ccm_trees(tiny_llama):
@@ -116,11 +130,12 @@ def test_loss_trains_only_the_ccm_trees(tiny_llama):
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g["lora"])) > 0
 
 
-def test_greedy_generation_from_memory_matches_the_one_pass_argmax(tiny_llama):
+@pytest.mark.parametrize("attn_type", ["concat_recur", "merge_recur"])
+def test_greedy_generation_from_memory_matches_the_one_pass_argmax(tiny_llama, attn_type):
     cfg, params = tiny_llama
-    spec = _spec()
+    spec = _spec(attn_type=attn_type)
     tr = _trainable(params, cfg, spec)
-    comp = list(range(cfg.vocab_size, cfg.vocab_size + spec.n_tok))
+    comp = ccm.group_ids(cfg, spec)
     convs = [[[10, 11, 12], [20, 21], [30, 31, 32, 33]], [[40], [50, 51, 52, 53], [60, 61]]]
     mem = ccm.CompressedMemory.empty(cfg, 2)
     for t in range(2):

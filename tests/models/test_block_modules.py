@@ -285,3 +285,26 @@ def test_bad_modules_get_one_clear_error():
         forward(params, inputs["tokens"], modules=BlockModules(ffn={1: bad}), **common)
     with pytest.raises(ValueError, match="start_layer > 0 needs"):
         forward(params, inputs["tokens"], start_layer=1, **common)
+
+
+@pytest.mark.parametrize("arch", ["llama", "neox_parallel"])
+def test_kv_mix_with_identity_weights_is_the_plain_forward_and_mixing_changes_only_later_rows(arch):
+    """`forward(kv_mix=(W, rows))` replaces the K/V of `rows` by `W @ K` / `W @ V` in every layer (CCM-merge's
+    running mean): identity weights change nothing; mixing row 3's K/V leaves the logits of rows 0..2 unchanged."""
+    cfg = CONFIGS[arch]
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.vocab_size)
+    pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+    mask = jnp.tril(jnp.ones((T, T), bool))[None, None].repeat(B, 0)
+    ref = forward(params, tokens, cfg=cfg, positions=pos, mask=mask).logits
+    eye = jnp.broadcast_to(jnp.eye(T), (B, T, T))
+    same = forward(params, tokens, cfg=cfg, positions=pos, mask=mask, kv_mix=(eye, jnp.ones((B, T), bool))).logits
+    np.testing.assert_allclose(same, ref, atol=1e-5)
+    w = eye.at[:, 3, :].set(jnp.where(jnp.arange(T) < 3, 1 / 3, 0.0))  # row 3 := mean of rows 0..2
+    rows = jnp.zeros((B, T), bool).at[:, 3].set(True)
+    mixed = forward(params, tokens, cfg=cfg, positions=pos, mask=mask, kv_mix=(w, rows)).logits
+    np.testing.assert_allclose(mixed[:, :3], ref[:, :3], atol=1e-5)
+    assert float(jnp.abs(mixed[:, 4:] - ref[:, 4:]).max()) > 1e-4
+    with pytest.raises(ValueError, match="KV cache"):
+        forward(params, tokens, cfg=cfg, positions=pos, mask=mask, kv_mix=(w, rows),
+                cache=init_cache(cfg, B, T, jnp.float32))

@@ -1,23 +1,33 @@
-"""CCM's one-pass training loss: the whole recurrent computation in one forward under the concat_recur
-mask, with skip position ids and the LoRA active only at COMP positions; CE on the target turn."""
+"""CCM's one-pass training loss: the whole recurrent computation in one forward under the concat_recur or
+merge_recur mask, with skip position ids and the LoRA active only at COMP (and SUM) positions; CE on the
+target turn. merge_recur's running mean of the SUM K/V is `merge.forward_merge`."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from sycojax.masks.ccm import ccm_mask, comp_flags, skip_positions
-from sycojax.methods.ccm import trees
+from sycojax.methods.ccm import merge, trees
 from sycojax.models import ModelConfig, forward
 from sycojax.objectives import token_nll
 from sycojax.objectives.weighting import weighted_mean
 
 
 def ccm_forward_logits(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, tokens, valid):
-    flags = comp_flags(tokens, trees.comp_first_id(cfg), spec.n_tok)
-    mask = ccm_mask(tokens, trees.comp_first_id(cfg), spec.n_tok, valid, spec.attn_type, sink=spec.sink)
-    pos = skip_positions(flags.is_comp, valid, spec.n_tok)
-    return forward(params, tokens, cfg=cfg, positions=pos, mask=mask,
-                   adapters=trees.adapters(trainable, spec, flags.is_comp)).logits
+    """Logits of CCM training rows (`data.dialog_rows` with `trees.group_ids`) in one parallel pass.
+
+    concat_recur: the mask is built on the COMP ids. merge_recur: on the SUM ids (upstream), so each segment
+    sees itself and the previous SUM group, whose K/V `forward_merge` makes the running mean of the COMP K/V."""
+    first, n = trees.comp_first_id(cfg), spec.n_tok
+    is_comp = comp_flags(tokens, first, len(trees.group_ids(cfg, spec))).is_comp  # COMP and SUM: LoRA, positions
+    pos = skip_positions(is_comp, valid, n)
+    adapters = trees.adapters(trainable, spec, is_comp)
+    if not spec.merge:
+        mask = ccm_mask(tokens, first, n, valid, "concat_recur", sink=spec.sink)
+        return forward(params, tokens, cfg=cfg, positions=pos, mask=mask, adapters=adapters).logits
+    mask = ccm_mask(tokens, trees.sum_first_id(cfg, spec), n, valid, "merge_recur", sink=spec.sink)
+    return merge.forward_merge(params, tokens, cfg=cfg, positions=pos, mask=mask, adapters=adapters,
+                               first_id=first, n_tok=n)
 
 
 def output_nll(logits, tokens, weights):
@@ -35,4 +45,3 @@ def make_loss_fn(cfg: ModelConfig, spec: trees.CCMSpec):
         return loss, {"output_nll": loss}
 
     return loss_fn
-

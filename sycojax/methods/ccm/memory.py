@@ -6,10 +6,17 @@
     ids = generate(params, trainable, cfg, spec, mem, prompts, max_new_tokens=48)
 
 Segments are laid out exactly as the training rows (`data.py`): the first turn's segment starts with BOS,
-every later one with SEP; each update runs `[BOS|SEP] turn C×n` over the memory (all of it visible, as
-concat_recur lets every later token see every earlier COMP group), with the conditional LoRA on the COMP
-positions, and appends the n COMP K/V per layer: memory grows n_tok entries per turn per layer. Positions
-follow the skip rule (text positions count text tokens only; the j-th COMP token of a group sits at
+every later one with SEP; each update runs `[BOS|SEP] turn C×n` over the memory (all of it visible), with the
+conditional LoRA on the COMP positions, and keeps the n new COMP K/V per layer:
+
+    concat_recur: appended, so memory grows n_tok entries per turn per layer (every later token sees every
+                  earlier COMP group in training);
+    merge_recur:  Mem(t) = (1 - 1/t) Mem(t-1) + (1/t) COMP(t): n_tok entries per layer whatever the number of
+                  turns; in training this is the SUM group after turn t (`merge.py`), the only group the next
+                  segment sees. The SUM tokens themselves are never run here: their K/V are this mean.
+    sink=True:    the first turn's BOS K/V is kept as entry 0 as well (every training token may see it).
+
+Positions follow the skip rule (text positions count text tokens only; the j-th COMP token of a group sits at
 last text position + j). Rows of a batch are left-padded, so every row's COMP tokens share the same slots.
 """
 
@@ -24,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sycojax.methods.ccm import trees
-from sycojax.models import Adapters, ModelConfig, forward
+from sycojax.models import ModelConfig, forward
 from sycojax.objectives import row_nll
 
 
@@ -43,7 +50,7 @@ class CompressedMemory:
 
     @property
     def entries(self) -> int:
-        """K/V entries per layer per conversation."""
+        """K/V entries per layer per conversation: n_tok per turn (concat) or n_tok (merge), + 1 with sink."""
         return int(self.k.shape[2])
 
     @property
@@ -60,18 +67,16 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.n
     return tokens, valid
 
 
-def _run(params, trainable, cfg, spec, mem: CompressedMemory, tokens, valid, is_comp, positions):
-    """One forward of `tokens` over the memory; returns (logits, the new K/V of every slot)."""
+def _run(params, trainable, cfg, spec, mem_k, mem_v, tokens, valid, is_comp, positions):
+    """One forward of `tokens` over the memory `(L, B, M, ...)`; returns (logits, the K/V of every slot)."""
     b, t = tokens.shape
-    m = mem.entries
-    cache = {"k": jnp.concatenate([mem.k, jnp.zeros(mem.k.shape[:2] + (t,) + mem.k.shape[3:], mem.k.dtype)], 2),
-             "v": jnp.concatenate([mem.v, jnp.zeros(mem.v.shape[:2] + (t,) + mem.v.shape[3:], mem.v.dtype)], 2)}
+    m = mem_k.shape[2]
+    cache = {"k": jnp.concatenate([mem_k, jnp.zeros(mem_k.shape[:2] + (t,) + mem_k.shape[3:], mem_k.dtype)], 2),
+             "v": jnp.concatenate([mem_v, jnp.zeros(mem_v.shape[:2] + (t,) + mem_v.shape[3:], mem_v.dtype)], 2)}
     causal = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
     mask = jnp.concatenate([jnp.ones((b, t, m), bool), causal], axis=-1)[:, None]
-    adapters = Adapters(lora=trainable["lora"], gate=is_comp.astype(jnp.float32), embeddings=trainable["comp"],
-                        lora_scale=spec.lora.alpha / spec.lora.rank)
-    out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask, adapters=adapters, cache=cache,
-                  cache_index=m)
+    out = forward(params, tokens, cfg=cfg, positions=positions, mask=mask,
+                  adapters=trees.adapters(trainable, spec, is_comp), cache=cache, cache_index=m)
     return out.logits, out.cache
 
 
@@ -83,11 +88,14 @@ def _positions(text_pos, valid, is_comp, n_tok):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "spec"))
-def _update_jit(params, trainable, mem, tokens, valid, is_comp, *, cfg, spec):
-    positions, text_pos = _positions(mem.text_pos, valid, is_comp, spec.n_tok)
-    _, cache = _run(params, trainable, cfg, spec, mem, tokens, valid, is_comp, positions)
-    keep = slice(cache["k"].shape[2] - spec.n_tok, None)  # left padding: every row's COMP tokens are last
-    return cache["k"][:, :, keep], cache["v"][:, :, keep], text_pos
+def _update_jit(params, trainable, mem_k, mem_v, text_pos, tokens, valid, is_comp, *, cfg, spec):
+    """(the n new COMP K/V, each row's first-token K/V, the next text position) of one compressed turn."""
+    positions, text_pos = _positions(text_pos, valid, is_comp, spec.n_tok)
+    _, cache = _run(params, trainable, cfg, spec, mem_k, mem_v, tokens, valid, is_comp, positions)
+    comp = tuple(cache[x][:, :, -spec.n_tok :] for x in ("k", "v"))  # left padding: every row's COMP tokens last
+    first = (mem_k.shape[2] + jnp.argmax(valid, axis=1))[None, :, None, None, None]  # BOS on the first turn
+    bos = tuple(jnp.take_along_axis(cache[x], first, axis=2) for x in ("k", "v"))
+    return comp, bos, text_pos
 
 
 def update(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: CompressedMemory,
@@ -99,9 +107,16 @@ def update(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: Compre
     head = bos if mem.turns == 0 else sep
     tokens, valid = _left_pad([[head, *t, *comp] for t in turns], pad)
     is_comp = jnp.asarray(tokens >= trees.comp_first_id(cfg))
-    k, v, text_pos = _update_jit(params, trainable, mem, jnp.asarray(tokens), jnp.asarray(valid), is_comp,
-                                 cfg=cfg, spec=spec)
-    return CompressedMemory(jnp.concatenate([mem.k, k], 2), jnp.concatenate([mem.v, v], 2), text_pos,
+    (k, v), bos_kv, text_pos = _update_jit(params, trainable, mem.k, mem.v, mem.text_pos, jnp.asarray(tokens),
+                                           jnp.asarray(valid), is_comp, cfg=cfg, spec=spec)
+    s = int(spec.sink and mem.turns > 0)  # entries before the COMP memory: the sink (BOS K/V) after turn 1
+    sink_k, sink_v = bos_kv if spec.sink and mem.turns == 0 else (mem.k[:, :, :s], mem.v[:, :, :s])
+    if mem.turns and spec.merge:  # the running mean: Mem(t) = (1 - 1/t) Mem(t-1) + COMP(t) / t
+        a = 1.0 / (mem.turns + 1)
+        k, v = (1 - a) * mem.k[:, :, s:] + a * k, (1 - a) * mem.v[:, :, s:] + a * v
+    elif mem.turns:
+        k, v = jnp.concatenate([mem.k[:, :, s:], k], 2), jnp.concatenate([mem.v[:, :, s:], v], 2)
+    return CompressedMemory(jnp.concatenate([sink_k, k], 2), jnp.concatenate([sink_v, v], 2), text_pos,
                             mem.turns + 1)
 
 
@@ -117,7 +132,8 @@ def score(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: Compres
         w[r, t - len(o) - 2 : t - 1] = 1.0  # positions predicting O and EOS
     is_comp = jnp.zeros(tokens.shape, bool)
     positions, _ = _positions(mem.text_pos, jnp.asarray(valid), is_comp, spec.n_tok)
-    logits, _ = _run(params, trainable, cfg, spec, mem, jnp.asarray(tokens), jnp.asarray(valid), is_comp, positions)
+    logits, _ = _run(params, trainable, cfg, spec, mem.k, mem.v, jnp.asarray(tokens), jnp.asarray(valid), is_comp,
+                     positions)
     return np.asarray(row_nll(logits[:, :-1], jnp.asarray(tokens)[:, 1:], jnp.asarray(w)[:, :-1]))
 
 

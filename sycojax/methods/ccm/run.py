@@ -1,8 +1,8 @@
 """One CCM training run end to end: dialogs → rows (split by conversation) → the shared loop → report.
 
 `train_run(config)` is what `launch/train_ccm.py` calls; `configs/ccm.py` documents every field.
-Outputs in `<workdir>/`: `ckpt/` (Orbax), `adapter/` (the COMP + LoRA trees as safetensors, with
-n_tok, attention type and LoRA shape in `adapter.json`, checked by `load_ccm`), `report.json`,
+Outputs in `<workdir>/`: `ckpt/` (Orbax), `adapter/` (the COMP (+ SUM for merge_recur) + LoRA trees as safetensors,
+with n_tok, attention type and LoRA shape in `adapter.json`, checked by `load_ccm`), `report.json`,
 `loss_curve.png`, `metrics.jsonl`.
 """
 
@@ -45,7 +45,7 @@ def spec_from_config(c: ml_collections.ConfigDict) -> trees.CCMSpec:
     try:
         return trees.CCMSpec(n_tok=int(m.n_tok), attn_type=m.attn_type, sink=bool(m.sink),
                              lora=LoraConfig(rank=int(m.lora_rank), alpha=float(m.lora_alpha), targets=targets))
-    except (ValueError, NotImplementedError) as e:
+    except ValueError as e:
         raise CCMError(str(e)) from None
 
 
@@ -59,7 +59,7 @@ def load_dialogs(c: ml_collections.ConfigDict) -> list[dict]:
 
 def make_rows(tok, cfg, spec, dialogs, c) -> tuple[list[D.Row], int]:
     """All rows of `dialogs` (every target turn), and how many targets did not fit `data.max_len`."""
-    comp = list(range(trees.comp_first_id(cfg), trees.comp_first_id(cfg) + spec.n_tok))
+    comp = trees.group_ids(cfg, spec)  # COMP×n (concat) or COMP×n SUM×n (merge) after every compressed turn
     rows, dropped = [], 0
     for d in dialogs:
         turns = D.turn_ids(tok, d, int(c.data.max_turn_tokens))
@@ -76,7 +76,7 @@ def _bucket(n: int, step: int = 32) -> int:
 
 def eval_nll(params, trainable, cfg, spec, rows: list[D.Row], sep: int, batch: int = 8) -> dict[str, float]:
     """Mean per-row target NLL: CCM (from COMP memory), full context, no context (batched, jitted)."""
-    comp = list(range(trees.comp_first_id(cfg), trees.comp_first_id(cfg) + spec.n_tok))
+    comp = trees.group_ids(cfg, spec)
     variants = {"ccm": rows, "full": [D.without_comp(r, comp) for r in rows],
                 "none": [D.without_context(r, sep) for r in rows]}
     res = {}
@@ -178,10 +178,11 @@ def load_ccm(workdir: str | Path, cfg=None, *, n_tok: int | None = None,
         if want is not None and meta[name] != want:
             raise CCMError(f"--ccm {workdir} was trained with {name}={meta[name]!r}, not {want!r}; drop the flag "
                            "or train a model with it")
-    spec = trees.CCMSpec(n_tok=int(meta["n_tok"]), attn_type=meta["attn_type"], sink=bool(meta.get("sink", False)),
-                         lora=LoraConfig(rank=int(meta["lora_rank"]), alpha=float(meta["lora_alpha"]),
-                                         targets=tuple(meta["lora_targets"])))
-    if cfg is not None and tree["comp"].shape != (spec.n_tok, cfg.hidden_size):
-        raise CCMError(f"--ccm {workdir}: comp embeddings {tuple(tree['comp'].shape)} do not fit this model "
-                       f"({spec.n_tok} x {cfg.hidden_size}); use the base model it was trained on")
+    try:
+        spec = trees.CCMSpec(n_tok=int(meta["n_tok"]), attn_type=meta["attn_type"], sink=bool(meta.get("sink", False)),
+                             lora=LoraConfig(rank=int(meta["lora_rank"]), alpha=float(meta["lora_alpha"]),
+                                             targets=tuple(meta["lora_targets"])))
+        trees.check_trees(tree, spec, cfg)
+    except ValueError as e:
+        raise CCMError(f"--ccm {workdir}: {e}") from None
     return jax.tree.map(jnp.asarray, tree), spec, meta

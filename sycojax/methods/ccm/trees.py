@@ -1,9 +1,16 @@
-"""CCM's trainable trees: COMP-token embeddings and the conditional LoRA (active only at COMP positions).
+"""CCM's trainable trees: COMP-token embeddings (+ SUM for merge) and the conditional LoRA.
 
     comp:  (n_tok, D) fp32 rows for ids V .. V+n_tok-1; slot k starts at the mean of vocab rows k::n_tok
            (upstream Context-Memory's initialisation).
-    lora:  q, k, v, o of every block, r = 8, alpha = 16 (upstream); gated by `is_comp`, so text positions
-           run the frozen base exactly.
+    sum:   merge_recur only: (n_tok, D) fp32 rows for ids V+n_tok .. V+2·n_tok-1, initialised like `comp`.
+           SUM_k follows COMP_k in every compressed segment; in every layer its K/V are replaced by the running
+           mean of the COMP_k K/V at or before it (`merge.py`), so these rows only mark the slots: their K/V
+           never come from them and they get no gradient (as upstream, whose SUM rows train to nothing either).
+    lora:  q, k, v, o of every block, r = 8, alpha = 16 (upstream); gated by `is_comp` (COMP and SUM), so text
+           positions run the frozen base exactly.
+
+`check_trees` is the one place that says which trees a spec needs: `adapters` and `run.load_ccm` call it, so
+merge trees run under a concat spec (or the reverse) fail with one line instead of a wrong forward.
 """
 
 from __future__ import annotations
@@ -31,15 +38,26 @@ class CCMSpec:
     def __post_init__(self):
         if self.n_tok < 1:
             raise ValueError(f"n_tok={self.n_tok}: CCM needs at least one COMP token per turn")
-        if self.attn_type != "concat_recur":
-            choices = ", ".join(CCM_ATTN_TYPES)
-            raise NotImplementedError(
-                f"attn_type={self.attn_type!r}: only concat_recur trains today (merge_recur's running mean of "
-                f"SUM K/V is not built yet; masks exist for {choices})")
+        if self.attn_type not in CCM_ATTN_TYPES:
+            raise ValueError(f"attn_type={self.attn_type!r}: use one of {', '.join(CCM_ATTN_TYPES)}")
+
+    @property
+    def merge(self) -> bool:
+        """merge_recur: one memory of n_tok entries, the running mean of the turns' COMP K/V."""
+        return self.attn_type == "merge_recur"
 
 
 def comp_first_id(cfg: ModelConfig) -> int:
     return cfg.vocab_size
+
+
+def sum_first_id(cfg: ModelConfig, spec: CCMSpec) -> int:
+    return cfg.vocab_size + spec.n_tok
+
+
+def group_ids(cfg: ModelConfig, spec: CCMSpec) -> list[int]:
+    """The ids written after every compressed turn: `COMP×n` (concat) or `COMP×n SUM×n` (merge, as upstream)."""
+    return list(range(cfg.vocab_size, cfg.vocab_size + (2 if spec.merge else 1) * spec.n_tok))
 
 
 def init_comp(params: dict, cfg: ModelConfig, n_tok: int) -> jax.Array:
@@ -48,10 +66,30 @@ def init_comp(params: dict, cfg: ModelConfig, n_tok: int) -> jax.Array:
 
 
 def init_trainable(params: dict, cfg: ModelConfig, spec: CCMSpec, rng: jax.Array) -> dict:
-    return {"comp": init_comp(params, cfg, spec.n_tok), "lora": init_lora(params, cfg, spec.lora, rng)}
+    tr = {"comp": init_comp(params, cfg, spec.n_tok), "lora": init_lora(params, cfg, spec.lora, rng)}
+    if spec.merge:
+        tr["sum"] = init_comp(params, cfg, spec.n_tok)
+    return tr
+
+
+def check_trees(tree: dict, spec: CCMSpec, cfg: ModelConfig | None = None) -> None:
+    """Raise ValueError unless `tree` holds exactly the trees `spec` trains (and, given `cfg`, fits the model)."""
+    want = {"comp", "lora", "sum"} if spec.merge else {"comp", "lora"}
+    if set(tree) != want:
+        other = "merge_recur" if "sum" in tree else "concat_recur"
+        raise ValueError(f"these CCM trees ({', '.join(sorted(tree))}) were trained with attn_type={other!r}; "
+                         f"attn_type={spec.attn_type!r} needs {', '.join(sorted(want))}")
+    if cfg is not None:
+        for name in sorted(want - {"lora"}):
+            if tuple(tree[name].shape) != (spec.n_tok, cfg.hidden_size):
+                raise ValueError(f"{name} embeddings {tuple(tree[name].shape)} do not fit this model "
+                                 f"({spec.n_tok} x {cfg.hidden_size}); use the base model they were trained on")
 
 
 def adapters(trainable: dict, spec: CCMSpec, is_comp: jax.Array) -> Adapters:
-    """The model's view of the trees for one batch: LoRA only where `is_comp`, COMP rows as extra ids."""
-    return Adapters(lora=trainable["lora"], gate=is_comp.astype(jnp.float32), embeddings=trainable["comp"],
+    """The model's view of the trees for one batch: LoRA only where `is_comp` (COMP and SUM positions), the COMP
+    (then SUM) rows as the extra ids `V ..`."""
+    check_trees(trainable, spec)
+    rows = jnp.concatenate([trainable["comp"], trainable["sum"]]) if spec.merge else trainable["comp"]
+    return Adapters(lora=trainable["lora"], gate=is_comp.astype(jnp.float32), embeddings=rows,
                     lora_scale=spec.lora.alpha / spec.lora.rank)
