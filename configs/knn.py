@@ -12,8 +12,9 @@ inputs they merge samples as far apart as cos 2/3 and the store stalls at ~9k en
 `sub_keys`² trainable values (trained at `pk_value_gain`× the rate). `lookup_json`: the store bench
 (launch/bench_knn_store.py) whose lookup cost at 10k / 100k / 1M entries the results copy. Loss: T² KL(teacher_T ‖ student_T) at `temperature` 2 + `ce_weight` CE on
 the shifted next token. data: Wikipedia lead summaries and ShareGPT responses (`per_source` each), rows of
-<= `max_tokens` tokens, the first `held_out` (after a seeded shuffle) held out. optim: Adam, lr 1e-3
-(upstream 1e-4: too slow for this CPU's step budget), constant.
+<= `max_tokens` tokens, the first `held_out` (after a seeded shuffle) held out. optim: Adam, lr 1e-4 (upstream's), constant: at 1e-3 the
+featural query projection moves so fast that the keys already stored no longer match new queries and the KL
+rises from its step-0 value (docs/knn-memory.md).
 """
 
 import ml_collections
@@ -34,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.workdir = ""
     c.results_json = ""
-    c.optim.lr = 1e-3
+    c.optim.lr = 1e-4
     c.optim.schedule = "constant"
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 1.0

@@ -12,6 +12,7 @@ the kNN regression (top-k, softmax of scale x cosine) on 2,000 held-out tokens a
 import json
 import os
 import time
+from pathlib import Path
 
 import _common
 import jax
@@ -36,14 +37,23 @@ flags.DEFINE_integer("key_dim", 128, "key size")
 flags.DEFINE_integer("k", 16, "entries returned per query")
 flags.DEFINE_float("scale", 16.0, "softmax scale over cosine similarities")
 flags.DEFINE_string("thresholds", "0.6667:0.3333,0.2:0.1,0.05:0.02,0:0", "merge_below:insert_above pairs")
+flags.DEFINE_string("rows_cache", os.path.join(_common.ROOT, "checkpoints", "knn", "train.npz"),
+                    "a distill_knn.py workdir's cached rows (the stream entering --block) to read instead of "
+                    "recomputing, when present and for the same block")
 flags.DEFINE_string("json", os.path.join(_common.ROOT, "results", "knn_fit_study.json"), "JSON output")
 
 
 def ffn_samples(block: int, n_rows: int):
     cfg, base, _ = load_model("smollm2-135m-instruct")
     tok = load_tokenizer("smollm2-135m-instruct")
-    data = ml_collections.ConfigDict({"sources": "wikipedia,sharegpt", "per_source": n_rows, "seed": 0})
-    arrays = R.with_hidden(base, cfg, R.rows(tok, R.texts(data)[:n_rows], 128), block, print)
+    meta = os.path.splitext(F.rows_cache)[0] + ".json"
+    if os.path.exists(F.rows_cache) and os.path.exists(meta) and json.loads(Path(meta).read_text())["start"] == block:
+        with np.load(F.rows_cache) as f:
+            arrays = {k: f[k][:n_rows] for k in ("h", "valid")}
+        print(f"{len(arrays['h'])} rows read from {F.rows_cache}")
+    else:
+        data = ml_collections.ConfigDict({"sources": "wikipedia,sharegpt", "per_source": n_rows, "seed": 0})
+        arrays = R.with_hidden(base, cfg, R.rows(tok, R.texts(data)[:n_rows], 128), block, print)
     layers = {block: KNNConfig("ablated", cfg.hidden_size)}
     grab = jax.jit(lambda h, v: D.logits_from(base, h, v, cfg=cfg, start=block, modules=D.student_modules({}, layers),
                                               ffn_inputs=True).ffn_inputs[block])
@@ -73,9 +83,9 @@ def main(argv):
     test, train = perm[:2000], perm[2000:]
     energy = float((y[test] ** 2).sum())
     proj, _ = np.linalg.qr(rng.normal(size=(x.shape[1], F.key_dim)))
-    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
     lin, *_ = np.linalg.lstsq(np.c_[x[train], np.ones(len(train))], y[train], rcond=None)
-    out = {"block": F.block, "tokens": int(len(x)), "train_tokens": int(len(train)), "test_tokens": int(len(test)),
+    out = {"block": F.block, "tokens": len(x), "train_tokens": len(train), "test_tokens": len(test),
            "key_dim": F.key_dim, "k": F.k, "scale": F.scale, "capacity": F.capacity,
            "linear_rel_err": float(((np.c_[x[test], np.ones(len(test))] @ lin - y[test]) ** 2).sum() / energy),
            "stores": []}

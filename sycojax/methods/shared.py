@@ -1,4 +1,5 @@
-"""Small helpers more than one method uses: the padding id, fixed-size batches, LoRA target lists.
+"""Small helpers more than one method uses: the padding id, fixed-size batches, LoRA target lists, the frozen
+stream entering a block (`cache_hidden`: document memory and kNN distillation train on it).
 
 Each does one thing the methods used to write out on their own (gisting and its LoRA compression, the
 consolidation bench); anything bigger that two methods share belongs in a layer below (`data/`, `eval/`,
@@ -7,10 +8,14 @@ consolidation bench); anything bigger that two methods share belongs in a layer 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sycojax.models import ModelConfig
+import jax
+
+from sycojax.masks import causal_padding, positions_from_valid
+from sycojax.models import ModelConfig, hidden_at
 
 
 def padding_id(cfg: ModelConfig, tok: Any = None) -> int:
@@ -33,3 +38,11 @@ def fixed_batches(items: Sequence, size: int) -> Iterator[tuple[list, int]]:
 def lora_targets(text: Any) -> tuple[str, ...]:
     """A config's comma list of LoRA targets (`"all"`, `"q_proj,v_proj"`) as a tuple of names."""
     return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
+def cache_hidden(params, tokens, valid, *, cfg: ModelConfig, layer: int):
+    """The frozen stream entering block `layer` for a batch of rows (`(B, T)` tokens, `valid` mask): computed
+    once, then every step resumes with `forward(embeddings=h, start_layer=layer)`."""
+    return hidden_at(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
+                     layer=layer)

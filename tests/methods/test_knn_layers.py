@@ -19,8 +19,11 @@ from sycojax.methods.knn.layers import (
     store_layer,
     straight_through,
 )
+from sycojax.methods.knn.store import KNNStore, StoreSpec
 from sycojax.models import BaseFFN, BlockModules, ModelConfig, Module, block_mlp, forward, init_params
 from sycojax.models.model import base_ffn
+from sycojax.train import ArrayIterator, train
+from sycojax.train.config import default_config
 
 CFG = ModelConfig(arch="llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, max_position_embeddings=64)
@@ -125,10 +128,6 @@ def test_forward_returns_the_ffn_input_each_replacement_read():
 
 
 def test_distillation_on_a_tiny_model_writes_the_store_and_lowers_the_kl(tmp_path):
-    from sycojax.methods.knn.store import KNNStore, StoreSpec  # noqa: PLC0415
-    from sycojax.train import ArrayIterator, train  # noqa: PLC0415
-    from sycojax.train.config import default_config  # noqa: PLC0415
-
     params = init_params(CFG, jax.random.key(0))
     n, t = 32, 8
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (n, t), 1, CFG.vocab_size), np.int32)

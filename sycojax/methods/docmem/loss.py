@@ -7,21 +7,11 @@ document's own key (`ce_pos`) and a negative key (`ce_neg`), and `guidance_loss`
 
 from __future__ import annotations
 
-import functools
-
-import jax
-
 from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods.docmem.module import DocMemConfig, DocMemHook, negative_keys
-from sycojax.models import BlockModules, ModelConfig, Module, forward, hidden_at
+from sycojax.methods.shared import cache_hidden  # noqa: F401 - part of this module's API
+from sycojax.models import BlockModules, ModelConfig, Module, forward
 from sycojax.objectives import guidance_loss, row_nll
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
-def cache_hidden(params, tokens, valid, *, cfg: ModelConfig, layer: int):
-    """The frozen stream entering block `layer` for a batch of windows."""
-    return hidden_at(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
-                     layer=layer)
 
 
 def window_nll(params, module_params, c: DocMemConfig, cfg: ModelConfig, layer: int, h, tokens, valid, weights, key):

@@ -23,16 +23,10 @@ import numpy as np
 
 from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods.knn.layers import KNNFFN, KNNConfig, projections, store_key
-from sycojax.models import BlockModules, ModelConfig, Module, forward, hidden_at
+from sycojax.methods.shared import cache_hidden  # noqa: F401 - part of this module's API
+from sycojax.models import BlockModules, ModelConfig, Module, forward
 from sycojax.models.model import base_ffn, block_mlp
 from sycojax.objectives import token_kl, token_nll, weighted_mean
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
-def cache_hidden(params, tokens, valid, *, cfg: ModelConfig, layer: int):
-    """The frozen stream entering block `layer` for a batch of rows."""
-    return hidden_at(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
-                     layer=layer)
 
 
 def student_modules(trainable: dict, layers: dict[int, KNNConfig]) -> BlockModules:

@@ -25,7 +25,7 @@ from sycojax.data.sources import require_nonempty
 from sycojax.data.wikipedia import load_wikipedia_summaries
 from sycojax.eval.efficiency import peak_rss_mb
 from sycojax.methods.knn import distill as D
-from sycojax.methods.knn.layers import KINDS, KNNConfig, init_knn
+from sycojax.methods.knn.layers import KNNConfig, init_knn
 from sycojax.methods.knn.store import KNNStore, StoreError, StoreSpec
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
@@ -85,6 +85,22 @@ def with_hidden(params, cfg, arrays: dict, start: int, log) -> dict:
     return arrays
 
 
+def cached_rows(path: Path, key: dict, make, base, cfg, start: int, log) -> dict:
+    """`with_hidden(make())`, kept in `<path>.npz` for a resumed run (recomputed when `key` differs)."""
+    npz, meta = path.with_suffix(".npz"), path.with_suffix(".json")
+    if npz.exists() and meta.exists() and json.loads(meta.read_text()) == key:
+        with np.load(npz) as f:
+            arrays = {k: f[k] for k in f.files}
+        log(f"knn: {len(arrays['h'])} cached rows read from {npz}")
+        return arrays
+    arrays = with_hidden(base, cfg, make(), start, log)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(npz)
+    meta.write_text(json.dumps(key))
+    return arrays
+
+
 def score(trainable, base, stores, held, *, cfg, layers: dict, start: int) -> dict:
     """Held-out KL (T = 1, per token) to the original and perplexity."""
     kl = nll = n = 0.0
@@ -138,6 +154,9 @@ def train_variant(kind: str, c, cfg, base, info, train_rows, held, blocks, *, re
     start = min(blocks)
     stores = open_stores(c, vdir, layers, info, resume=resume)
     writer = D.Writer(cfg, base, layers, stores)
+    for b, st in stores.items():
+        if st.step is not None:
+            log(f"knn/{kind}: store of block {b} reopened: {len(st)} entries, committed at step {st.step}")
     rng = jax.random.split(jax.random.key(int(c.train.seed)), len(blocks))
     trainable = {str(b): init_knn(r, layers[b]) for b, r in zip(blocks, rng)}
     warm = int(m.warm_batches)
@@ -147,15 +166,22 @@ def train_variant(kind: str, c, cfg, base, info, train_rows, held, blocks, *, re
             writer.write(trainable, next(it), 0)
         log(f"knn/{kind}: stores written from {warm} batches before training: "
             + ", ".join(f"block {b} {len(s)} entries" for b, s in stores.items()))
-    curve = []
-
     def eval_fn(tr, step):
         r = score(jax.device_get(tr), base, writer.device_stores(), held, cfg=cfg, layers=layers, start=start)
-        curve.append([int(step), r["kl"]])
         return {"kl": r["kl"], "ppl": r["ppl"]}
 
-    curve.append([0, score(trainable, base, writer.device_stores(), held, cfg=cfg, layers=layers, start=start)["kl"]])
+    first = vdir / "step0.json"  # the KL before training (stores as warmed), kept for a resumed run's curve
+    if not first.exists():
+        kl0 = score(trainable, base, writer.device_stores(), held, cfg=cfg, layers=layers, start=start)["kl"]
+        first.write_text(json.dumps({"kl": kl0}))
+    spent = vdir / "train_s.json"  # training seconds up to the last checkpoint, summed over a resumed run's attempts
+    spent_before = json.loads(spent.read_text())["train_s"] if resume and spent.exists() else 0.0
     t0 = time.perf_counter()
+
+    def on_save(step):
+        writer.on_save(step)
+        spent.write_text(json.dumps({"train_s": spent_before + time.perf_counter() - t0, "step": step}))
+
     meta = {"base_model": info.id, "base_hash": info.content_hash, "method": "knn", "variant": kind,
             "blocks": list(blocks)}
     loss_fn = D.make_loss_fn(cfg, layers, temperature=float(m.temperature), ce_weight=float(m.ce_weight))
@@ -163,10 +189,13 @@ def train_variant(kind: str, c, cfg, base, info, train_rows, held, blocks, *, re
     result = train(loss_fn, trainable, writer.frozen(), ArrayIterator(train_rows, int(c.train.batch_size),
                                                                        seed=int(c.train.seed)),
                    c, str(vdir), metadata=meta, eval_fn=eval_fn, resume=resume,
-                   between_steps=writer.between_steps, on_save=writer.on_save)
-    train_s = time.perf_counter() - t0
+                   between_steps=writer.between_steps, on_save=on_save)
+    train_s = spent_before + time.perf_counter() - t0
     final = score(jax.device_get(result.trainable), base, writer.device_stores(), held, cfg=cfg, layers=layers,
                   start=start)
+    curve = [[0, json.loads(first.read_text())["kl"]]] + [
+        [r["step"], r["eval/kl"]] for r in map(json.loads, Path(result.metrics_path).read_text().splitlines())
+        if "eval/kl" in r]
     out = {"kl": final["kl"], "ppl": final["ppl"], "steps": result.step, "train_s": round(train_s, 1),
            "kl_curve": curve, "trainable_params": int(sum(x.size for x in jax.tree.leaves(result.trainable)))}
     if stores:
@@ -202,11 +231,14 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     if len(items) <= n_held:
         raise KNNError(f"{len(items)} texts but config.data.held_out={n_held}: need more texts than held out")
     start = min(blocks)
-    held = with_hidden(base, cfg, rows(tok, items[:n_held], int(c.data.max_tokens)), start, log)
-    train_rows = with_hidden(base, cfg, rows(tok, items[n_held:], int(c.data.max_tokens)), start, log)
     if overwrite and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    key = {"base_hash": info.content_hash, "start": start, "data": json.loads(c.data.to_json())}
+    held = cached_rows(workdir / "held_out", key, lambda: rows(tok, items[:n_held], int(c.data.max_tokens)),
+                       base, cfg, start, log)
+    train_rows = cached_rows(workdir / "train", key, lambda: rows(tok, items[n_held:], int(c.data.max_tokens)),
+                             base, cfg, start, log)
 
     kw = dict(cfg=cfg, start=start)
     variants_out = {"teacher": dict(score({}, base, {}, held, layers={}, **kw), steps=0, train_s=0.0),
@@ -229,7 +261,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     for v in variants_out.values():
         v["gap_recovered"] = (abl - v["kl"]) / abl if abl > 0 else None
     report = {"blocks": list(blocks), "variants": variants_out, "model": c.model.name,
-              "train_rows": int(len(train_rows["h"])), "held_out_rows": n_held,
+              "train_rows": len(train_rows["h"]), "held_out_rows": n_held,
               "held_out_tokens": int(held["valid"].sum()), "max_tokens": int(c.data.max_tokens),
               "sources": str(c.data.sources), "batch_size": int(c.train.batch_size), "lr": float(c.optim.lr),
               "temperature": float(c.method.temperature), "ce_weight": float(c.method.ce_weight),
@@ -266,10 +298,10 @@ def store_summary(variants: dict) -> dict:
 
 
 def plot_curves(variants: dict, path: Path, ablated: float) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, v in variants.items():
