@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.models import ModelConfig, hidden_at
@@ -46,3 +48,10 @@ def cache_hidden(params, tokens, valid, *, cfg: ModelConfig, layer: int):
     once, then every step resumes with `forward(embeddings=h, start_layer=layer)`."""
     return hidden_at(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
                      layer=layer)
+
+
+def cache_hidden_rows(params, tokens, valid, *, cfg: ModelConfig, layer: int, batch: int = 16) -> np.ndarray:
+    """`cache_hidden` over many rows (numpy `(N, T)` tokens / valid), `batch` rows per call: `(N, T, D)` on the host."""
+    return np.concatenate([np.asarray(cache_hidden(params, jnp.asarray(tokens[i : i + batch]),
+                                                   jnp.asarray(valid[i : i + batch]), cfg=cfg, layer=layer))
+                           for i in range(0, len(tokens), batch)])

@@ -24,6 +24,7 @@ from sycojax.data.documents import document_windows, load_documents_jsonl, wikip
 from sycojax.methods.docmem import eval as E
 from sycojax.methods.docmem import loss as Lo
 from sycojax.methods.docmem.module import NEGATIVE_KEYS, DocMemConfig, document_keys, init_docmem, negative_keys
+from sycojax.methods.shared import cache_hidden_rows
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.objectives import GUIDANCE_FORMS
@@ -69,10 +70,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
         raise DocMemError(f"config.method.negative_key={c.method.negative_key!r} / guidance_form="
                           f"{c.method.guidance_form!r}: choose {', '.join(NEGATIVE_KEYS)} / {' or '.join(GUIDANCE_FORMS)}")
     arrays = window_arrays(tok, windows, int(c.data.max_tokens))
-    hs = [np.asarray(Lo.cache_hidden(params, jnp.asarray(arrays["tokens"][i : i + 16]),
-                                     jnp.asarray(arrays["valid"][i : i + 16]), cfg=cfg, layer=layer))
-          for i in range(0, len(windows), 16)]
-    arrays["h"] = np.concatenate(hs)
+    arrays["h"] = cache_hidden_rows(params, arrays["tokens"], arrays["valid"], cfg=cfg, layer=layer)
     log(f"docmem: {len(docs)} documents -> {len(windows)} windows of <= {arrays['tokens'].shape[1]} tokens; "
         f"activations entering block {layer} cached ({arrays['h'].nbytes / 1e6:.0f} MB)")
     if overwrite and workdir.exists():

@@ -96,12 +96,16 @@ def eval_rows(trainable, base, stores, h, valid, tokens, *, cfg: ModelConfig, la
 class Writer:
     """Keeps the host stores and the device arrays the step reads in step (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, base, layers: dict[int, KNNConfig], stores: dict, *, batch_rows: int = 16):
+    def __init__(self, cfg: ModelConfig, base, layers: dict[int, KNNConfig], stores: dict):
         self.cfg, self.base, self.layers, self.stores = cfg, base, layers, stores  # stores: {block: KNNStore}
-        self.batch_rows = batch_rows
+        self._device = None  # the stores' arrays on device, copied once after each change
 
     def device_stores(self) -> dict:
-        return {store_key(b): tuple(jnp.asarray(a) for a in s.arrays()) for b, s in self.stores.items()}
+        """`{store_key(b): (keys, values, valid)}` on device; copies (`jnp.asarray`), so the host store can change
+        its arrays in place without touching what a step reads."""
+        if self._device is None:
+            self._device = {store_key(b): tuple(jnp.asarray(a) for a in s.arrays()) for b, s in self.stores.items()}
+        return self._device
 
     def frozen(self) -> dict:
         return {"base": self.base, "stores": self.device_stores()}
@@ -119,6 +123,7 @@ class Writer:
             store.touch(store.query(np.asarray(q).reshape(-1, q.shape[-1])[ok])[0], step)
             counts[b] = store.insert(np.asarray(key).reshape(-1, key.shape[-1])[ok],
                                      np.asarray(value).reshape(-1, value.shape[-1])[ok], step)
+        self._device = None
         return counts
 
     def between_steps(self, step: int, trainable, host_batch) -> dict | None:

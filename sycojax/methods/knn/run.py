@@ -27,6 +27,7 @@ from sycojax.eval.efficiency import peak_rss_mb
 from sycojax.methods.knn import distill as D
 from sycojax.methods.knn.layers import KNNConfig, init_knn
 from sycojax.methods.knn.store import KNNStore, StoreError, StoreSpec
+from sycojax.methods.shared import cache_hidden_rows
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.train import ArrayIterator, train
@@ -76,10 +77,7 @@ def rows(tok, items: list[str], max_tokens: int) -> dict[str, np.ndarray]:
 
 def with_hidden(params, cfg, arrays: dict, start: int, log) -> dict:
     t0 = time.perf_counter()
-    hs = [np.asarray(D.cache_hidden(params, jnp.asarray(arrays["tokens"][i : i + 16]),
-                                    jnp.asarray(arrays["valid"][i : i + 16]), cfg=cfg, layer=start))
-          for i in range(0, len(arrays["tokens"]), 16)]
-    arrays = dict(arrays, h=np.concatenate(hs))
+    arrays = dict(arrays, h=cache_hidden_rows(params, arrays["tokens"], arrays["valid"], cfg=cfg, layer=start))
     log(f"knn: stream entering block {start} cached for {len(arrays['h'])} rows "
         f"({arrays['h'].nbytes / 1e6:.0f} MB, {time.perf_counter() - t0:.0f}s)")
     return arrays
