@@ -35,6 +35,9 @@ def ccm_chat() -> None:
         tr, spec, meta = load_ccm(F.ccm)
         cfg, params, _ = load_model(meta["model"])
         load_ccm(F.ccm, cfg)  # the trees fit this model
+        if not spec.recurrent:
+            raise CCMError(f"--ccm {F.ccm} holds the {spec.attn_type!r} reference of launch/eval_ccm.py, which keeps no "
+                           "memory between turns; point at a concat_recur or merge_recur workdir")
     tok = load_tokenizer(meta["model"])
     sep, bos, eos = int(tok("\n", add_special_tokens=False)["input_ids"][-1]), tok.bos_token_id, tok.eos_token_id
     max_turn = int(meta.get("config", {}).get("data", {}).get("max_turn_tokens", 40))
@@ -67,7 +70,8 @@ def ccm_chat() -> None:
             mem = ccm.update(params, tr, cfg, spec, mem, [t], bos=bos, sep=sep)
         turn += 2
         full_tokens += len(inp) + len(out) + 2
-        print(f"[turn {mem.turns}: memory {mem.entries} K/V entries per layer ({spec.n_tok} per turn), "
+        grows = "fixed size: the running mean of the turns" if spec.merge else f"{spec.n_tok} more per turn"
+        print(f"[turn {mem.turns}: memory {mem.entries} K/V entries per layer ({grows}), "
               f"{mem.nbytes / 1e3:.1f} kB; the full context would be {full_tokens} tokens, "
               f"{full_tokens * kv_per_token / 1e3:.1f} kB]")
         sys.stdout.flush()

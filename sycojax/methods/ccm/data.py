@@ -7,6 +7,9 @@ the target and `O(t)` the target turn; the loss is on `O(t) EOS` only. Turns are
 `B: ...` by speaker and clipped to `max_turn_tokens`; when a row would exceed `max_len` its oldest
 context turns are dropped (never the input or output). Conversations are split train / validation /
 test with a fixed seed BEFORE rows are made, so no conversation is in two splits.
+
+`gist=True` lays the context out for the gist baseline, one group after the whole context:
+`[BOS] c1 SEP c2 SEP ... c(t-2) C×n SEP I(t) SEP O(t) EOS`; `comp_ids=[]` gives the uncompressed row.
 """
 
 from __future__ import annotations
@@ -39,23 +42,29 @@ def turn_ids(tok, dialog: dict, max_turn_tokens: int) -> list[list[int]]:
             for i, text in enumerate(dialog["turns"])]
 
 
+def _context(ctx: Sequence[Sequence[int]], comp_ids: Sequence[int], sep: int, gist: bool) -> list[int]:
+    """The context part of a row after BOS: every turn + its group + SEP, or (gist) the turns joined by SEP and
+    one group at the end."""
+    if gist:
+        joined = [x for i, c in enumerate(ctx) for x in ([sep] if i else []) + list(c)]
+        return [*joined, *comp_ids, sep] if ctx else []
+    return [x for c in ctx for x in (*c, *comp_ids, sep)]
+
+
 def dialog_rows(turns: Sequence[Sequence[int]], comp_ids: Sequence[int], *, bos: int, sep: int, eos: int,
-                max_len: int, min_context: int = 1) -> list[Row]:
+                max_len: int, min_context: int = 1, gist: bool = False) -> list[Row]:
     """One row per target turn t (0-based) with at least `min_context` compressed turns before I(t)."""
     rows = []
     for t in range(min_context + 1, len(turns)):
         inp, out = list(turns[t - 1]), list(turns[t])
         ctx = [list(c) for c in turns[: t - 1]]
         tail = inp + [sep] + out + [eos]
-        while ctx and 1 + sum(len(c) + len(comp_ids) + 1 for c in ctx) + len(tail) > max_len:
+        while ctx and 1 + len(_context(ctx, comp_ids, sep, gist)) + len(tail) > max_len:
             ctx.pop(0)
-        if len(ctx) < min_context or 1 + sum(len(c) + len(comp_ids) + 1 for c in ctx) + len(tail) > max_len:
+        head = [bos, *_context(ctx, comp_ids, sep, gist), *inp, sep]
+        if len(ctx) < min_context or len(head) + len(out) + 1 > max_len:
             continue
-        tokens = [bos]
-        for c in ctx:
-            tokens += c + list(comp_ids) + [sep]
-        tokens += [*inp, sep]
-        rows.append(Row(tokens + out + [eos], len(tokens), len(ctx)))
+        rows.append(Row(head + out + [eos], len(head), len(ctx)))
     return rows
 
 

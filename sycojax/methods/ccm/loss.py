@@ -1,11 +1,12 @@
 """CCM's one-pass training loss: the whole recurrent computation in one forward under the concat_recur or
-merge_recur mask, with skip position ids and the LoRA active only at COMP (and SUM) positions; CE on the
+merge_recur mask (gist and the full reference: `trees.py`), with skip position ids and the LoRA active only at COMP (and SUM) positions; CE on the
 target turn. merge_recur's running mean of the SUM K/V is `merge.forward_merge`."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.masks.ccm import ccm_mask, comp_flags, skip_positions
 from sycojax.methods.ccm import merge, trees
 from sycojax.models import ModelConfig, forward
@@ -17,7 +18,12 @@ def ccm_forward_logits(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec,
     """Logits of CCM training rows (`data.dialog_rows` with `trees.group_ids`) in one parallel pass.
 
     concat_recur: the mask is built on the COMP ids. merge_recur: on the SUM ids (upstream), so each segment
-    sees itself and the previous SUM group, whose K/V `forward_merge` makes the running mean of the COMP K/V."""
+    sees itself and the previous SUM group, whose K/V `forward_merge` makes the running mean of the COMP K/V.
+    gist rows hold one group, where the concat_recur rule is the gist mask; the full reference is a plain causal
+    forward with its LoRA everywhere."""
+    if spec.full:
+        return forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
+                       adapters=trees.adapters(trainable, spec, valid)).logits
     first, n = trees.comp_first_id(cfg), spec.n_tok
     is_comp = comp_flags(tokens, first, len(trees.group_ids(cfg, spec))).is_comp  # COMP and SUM: LoRA, positions
     pos = skip_positions(is_comp, valid, n)

@@ -58,8 +58,9 @@ class CompressedMemory:
         return int(self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize)
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
-    n = max(len(r) for r in rows)
+def _left_pad(rows: Sequence[Sequence[int]], pad: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded to a multiple of `multiple` tokens, so turns of nearby lengths share one compiled shape."""
+    n = -(-max(len(r) for r in rows) // multiple) * multiple
     tokens = np.full((len(rows), n), pad, np.int32)
     valid = np.zeros((len(rows), n), bool)
     for i, r in enumerate(rows):
@@ -130,11 +131,16 @@ def score(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, mem: Compres
     w = np.zeros_like(tokens, np.float32)
     for r, o in enumerate(outputs):
         w[r, t - len(o) - 2 : t - 1] = 1.0  # positions predicting O and EOS
+    return np.asarray(_score_jit(params, trainable, mem.k, mem.v, mem.text_pos, jnp.asarray(tokens), jnp.asarray(valid),
+                                 jnp.asarray(w), cfg=cfg, spec=spec))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec"))
+def _score_jit(params, trainable, mem_k, mem_v, text_pos, tokens, valid, weights, *, cfg, spec):
     is_comp = jnp.zeros(tokens.shape, bool)
-    positions, _ = _positions(mem.text_pos, jnp.asarray(valid), is_comp, spec.n_tok)
-    logits, _ = _run(params, trainable, cfg, spec, mem.k, mem.v, jnp.asarray(tokens), jnp.asarray(valid), is_comp,
-                     positions)
-    return np.asarray(row_nll(logits[:, :-1], jnp.asarray(tokens)[:, 1:], jnp.asarray(w)[:, :-1]))
+    positions, _ = _positions(text_pos, valid, is_comp, spec.n_tok)
+    logits, _ = _run(params, trainable, cfg, spec, mem_k, mem_v, tokens, valid, is_comp, positions)
+    return row_nll(logits[:, :-1], tokens[:, 1:], weights[:, :-1])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

@@ -64,7 +64,7 @@ def make_rows(tok, cfg, spec, dialogs, c) -> tuple[list[D.Row], int]:
     for d in dialogs:
         turns = D.turn_ids(tok, d, int(c.data.max_turn_tokens))
         got = D.dialog_rows(turns, comp, bos=tok.bos_token_id, sep=c.data.sep_id, eos=tok.eos_token_id,
-                            max_len=int(c.data.max_len))
+                            max_len=int(c.data.max_len), gist=spec.gist)
         dropped += max(0, len(turns) - 2 - len(got))
         rows += got
     return rows, dropped
@@ -163,20 +163,20 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     return report
 
 
-def load_ccm(workdir: str | Path, cfg=None, *, n_tok: int | None = None,
-             attn_type: str | None = None) -> tuple[dict, trees.CCMSpec, dict]:
+def load_ccm(workdir: str | Path, cfg=None, *, n_tok: int | None = None, attn_type: str | None = None,
+             flag: str = "--ccm") -> tuple[dict, trees.CCMSpec, dict]:
     """(trees, spec, adapter metadata) of a CCM workdir; refuses another method's workdir, a spec other than
-    the one asked for, or (given `cfg`) trees that do not fit the model."""
+    the one asked for, or (given `cfg`) trees that do not fit the model. Messages name the workdir as `flag`."""
     try:
         tree, meta = load_tree(Path(workdir) / "adapter")
     except FileNotFoundError:
-        raise CCMError(f"--ccm {workdir}: no adapter/ in it; point at a launch/train_ccm.py workdir") from None
+        raise CCMError(f"{flag} {workdir}: no adapter/ in it; point at a launch/train_ccm.py workdir") from None
     if meta.get("method") != "ccm":
-        raise CCMError(f"--ccm {workdir} holds a {meta.get('method', 'non-CCM')!r} adapter, not a CCM one; "
+        raise CCMError(f"{flag} {workdir} holds a {meta.get('method', 'non-CCM')!r} adapter, not a CCM one; "
                        "point at a launch/train_ccm.py workdir")
     for name, want in (("n_tok", n_tok), ("attn_type", attn_type)):
         if want is not None and meta[name] != want:
-            raise CCMError(f"--ccm {workdir} was trained with {name}={meta[name]!r}, not {want!r}; drop the flag "
+            raise CCMError(f"{flag} {workdir} was trained with {name}={meta[name]!r}, not {want!r}; drop the flag "
                            "or train a model with it")
     try:
         spec = trees.CCMSpec(n_tok=int(meta["n_tok"]), attn_type=meta["attn_type"], sink=bool(meta.get("sink", False)),
@@ -184,5 +184,5 @@ def load_ccm(workdir: str | Path, cfg=None, *, n_tok: int | None = None,
                                              targets=tuple(meta["lora_targets"])))
         trees.check_trees(tree, spec, cfg)
     except ValueError as e:
-        raise CCMError(f"--ccm {workdir}: {e}") from None
+        raise CCMError(f"{flag} {workdir}: {e}") from None
     return jax.tree.map(jnp.asarray, tree), spec, meta

@@ -40,7 +40,7 @@ at nprobe 8, 0.08 against 0.62 ms per query exact), not on keys uniform on the s
 0.9 needs half the lists, and the exact search is faster from 100k entries; 1M: 7.3 against 14 ms per query).
 So `exact` is the default; measure on the real keys before choosing `faiss-ivf`.
 
-Persistence (`sql.py`, SQLite by default). Tables `meta(name, value)` (the spec as JSON, the step of the last
+Persistence (`persist.py` over `sql.py`, SQLite by default). Tables `meta(name, value)` (the spec as JSON, the step of the last
 commit, the counters) and `entries(slot, ctime, atime, access, crf, key, value)`. `commit(step)` writes every
 slot changed since the last commit and the meta in one transaction: a file holds exactly the last committed
 batch, whatever happened to the process after it. Changes not committed are lost at `close()`.
@@ -49,28 +49,20 @@ batch, whatever happened to the process after it. Changes not committed are lost
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 
 import numpy as np
 
-from sycojax.methods.knn.sql import EngineError, SqlEngine, SqliteEngine
+from sycojax.methods.knn import persist
+from sycojax.methods.knn.persist import StoreError, StoreMismatchError  # noqa: F401  (raised here; users import them from here)
+from sycojax.methods.knn.sql import SqlEngine, SqliteEngine
 
 INDEXES = ("exact", "faiss-ivf")
-FORMAT = "sycojax.knn.store/1"
 _SCORE_BLOCK = 1 << 26  # floats in one (queries, entries) score block of the exact search: 256 MiB
 _TOP_K_BLOCK = 256  # columns per block of the exact top-k shortcut
 _DEDUPE_ROWS = 2048  # new keys compared at a time within one insert batch
-
-
-class StoreError(Exception):
-    """A store call or store file that cannot work as asked; the message is one line naming the fix."""
-
-
-class StoreMismatchError(StoreError):
-    """A store file written for another `StoreSpec`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +139,7 @@ class KNNStore:
         self.path = None if engine is None else engine.name
         self._engine = engine
         if engine is not None:
-            self._open_engine()
+            persist.open_file(self)
 
     @classmethod
     def open(cls, path: str | os.PathLike, spec: StoreSpec, index: str = "exact", **kwargs) -> KNNStore:
@@ -274,17 +266,7 @@ class KNNStore:
         if self._engine is not None:
             slots = np.flatnonzero(self._dirty)
             live, dead = slots[self.valid[slots]], slots[~self.valid[slots]]
-            e = self._engine
-            with e.transaction():
-                e.executemany(e.sql("INSERT INTO entries (slot, ctime, atime, access, crf, key, value) "
-                                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (slot) DO UPDATE SET "
-                                    "ctime = excluded.ctime, atime = excluded.atime, access = excluded.access, "
-                                    "crf = excluded.crf, key = excluded.key, value = excluded.value"),
-                              self._entry_rows(live))
-                e.executemany(e.sql("DELETE FROM entries WHERE slot = ?"), ((s,) for s in dead.tolist()))
-                if self._commit_hook is not None:
-                    self._commit_hook()
-                self._write_meta(step)
+            persist.write_changes(self, live, dead, step)
         self.step = step
         self._dirty[:] = False
 
@@ -476,84 +458,6 @@ class KNNStore:
         if (norm == 0).any():
             raise StoreError(f"{name} row {int(np.flatnonzero(norm[:, 0] == 0)[0])} is zero: a key needs a direction")
         return x / norm
-
-    # ---- the file -----------------------------------------------------------------------------------------
-
-    def _open_engine(self) -> None:
-        e = self._engine
-        try:
-            e.connect()
-            tables = e.table_names()
-            if not tables:
-                with e.transaction():
-                    e.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                    e.execute(f"CREATE TABLE entries (slot INTEGER PRIMARY KEY, ctime INTEGER NOT NULL, atime "
-                              f"INTEGER NOT NULL, access INTEGER NOT NULL, crf REAL NOT NULL, key {e.blob_type} "
-                              f"NOT NULL, value {e.blob_type} NOT NULL)")
-                    e.executemany(e.sql("INSERT INTO meta (name, value) VALUES (?, ?)"),
-                                  [("format", FORMAT), ("spec", json.dumps(dataclasses.asdict(self.spec)))])
-                    self._write_meta(None)
-                return
-            if not {"meta", "entries"} <= tables:
-                raise StoreError(f"{e.name} is a database but not a kNN store (no meta/entries tables); pass a new "
-                                 f"path")
-            self._load()
-        except EngineError as err:
-            e.close()
-            raise StoreError(str(err)) from None
-        except StoreError:
-            e.close()
-            raise
-
-    def _write_meta(self, step: int | None) -> None:
-        e = self._engine
-        e.executemany(e.sql("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
-                            "value = excluded.value"),
-                      [("step", json.dumps(step)), ("counters", json.dumps(self._counters))])
-
-    def _entry_rows(self, slots: np.ndarray):
-        cols = (slots.tolist(), self.ctime[slots].tolist(), self.atime[slots].tolist(),
-                self.access[slots].tolist(), self.crf[slots].tolist())
-        for j, row in enumerate(zip(*cols)):
-            s = slots[j]
-            yield (*row, self.keys[s].astype("<f4").tobytes(), self.values[s].astype("<f4").tobytes())
-
-    def _load(self) -> None:
-        e, spec = self._engine, self.spec
-        broken = f"{e.name} is not a readable kNN store"
-        try:
-            meta = dict(e.execute("SELECT name, value FROM meta"))
-            if meta.get("format") != FORMAT:
-                raise StoreError(f"{broken} (format {meta.get('format')!r}, expected {FORMAT!r}); pass a new path")
-            theirs = json.loads(meta["spec"])
-            ours = dataclasses.asdict(spec)
-            diffs = [f"{name}: file {theirs.get(name)!r}, asked {ours.get(name)!r}"
-                     for name in sorted(set(theirs) | set(ours)) if theirs.get(name) != ours.get(name)]
-            if diffs:
-                raise StoreMismatchError(f"{e.name} was written for another store ({'; '.join(diffs)}); pass a new "
-                                         f"path, or delete the file to start this store over")
-            step, counters = json.loads(meta["step"]), json.loads(meta["counters"])
-            rows = e.execute("SELECT slot, ctime, atime, access, crf, key, value FROM entries")
-        except (KeyError, ValueError, TypeError) as err:
-            raise StoreError(f"{broken} (meta: {type(err).__name__} {err}); delete it or pass a new path") from None
-        except EngineError as err:
-            raise StoreError(f"{broken} ({err}); delete it or pass a new path") from None
-        if rows:
-            slot, ctime, atime, access, crf, key, value = zip(*rows)
-            slots = np.asarray(slot, np.int64)
-            for name, blobs, dim in (("key", key, spec.key_dim), ("value", value, spec.value_dim)):
-                if {len(b) if isinstance(b, bytes) else -1 for b in blobs} != {4 * dim}:
-                    raise StoreError(f"{broken} (a {name} is not {dim} float32s); delete it or pass a new path")
-            if slots.min() < 0 or slots.max() >= spec.capacity:
-                raise StoreError(f"{broken} (slot outside [0, {spec.capacity})); delete it or pass a new path")
-            self.keys[slots] = np.frombuffer(b"".join(key), "<f4").reshape(-1, spec.key_dim)
-            self.values[slots] = np.frombuffer(b"".join(value), "<f4").reshape(-1, spec.value_dim)
-            self.valid[slots] = True
-            self.ctime[slots], self.atime[slots], self.access[slots] = ctime, atime, access
-            self.crf[slots] = crf
-        self.step = step
-        self._counters.update(counters)
-        self._ann_stale[:] = True
 
 
 def _top_k_columns(s: np.ndarray, k: int) -> np.ndarray:
