@@ -3,12 +3,16 @@
     python launch/train_ccm.py --config.workdir=checkpoints/ccm
     python launch/train_ccm.py --config.train.num_steps=20 --config.data.num_train=100   # a quick look
     python launch/train_ccm.py --config.method.attn_type=merge_recur --config.workdir=checkpoints/ccm_merge
+    python launch/train_ccm.py --config.method.attn_type=full --config.workdir=checkpoints/ccm_full   # a reference
 
 method: n_tok COMP tokens per turn (upstream: 1, 2, 4, 8); attn_type
   concat_recur  CCM-concat: every turn's n_tok COMP K/V are kept, memory grows n_tok entries per turn per layer;
   merge_recur   CCM-merge: each turn's `COMP×n` is followed by `SUM×n` (their own embedding rows), whose K/V in
                 every layer are the running mean of the turns' COMP K/V, Mem(t) = (1-1/t) Mem(t-1) + COMP(t)/t:
                 n_tok entries per layer whatever the number of turns (LLaMA-family models);
+  gist          reference: the whole context compressed at once into one COMP group (re-read every turn);
+  full          reference: no COMP token, the LoRA at every position on the uncompressed rows (the fine-tuned
+                full-context model CCM's gap is measured against; launch/eval_ccm.py --full);
 sink keeps BOS visible to every token (and its K/V in the memory); LoRA on q,k,v,o r=8 alpha=16 active only at
 COMP/SUM positions (upstream; its dropout 0.05 is not applied). The checkpoint records attn_type; loading it as
 the other type is refused.
