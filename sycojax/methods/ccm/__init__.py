@@ -8,6 +8,9 @@
 `memory.py` inference, recurrently: `CompressedMemory`, `update` (concat: grows; merge: running mean, fixed
             size), `score` (the same computation), `generate`
 `run.py`    a training run (`train_run`), validation NLL, `load_ccm` (checks n_tok / attention type)
+`evaluate.py` per turn beside full / none / sliding / gist (`launch/eval_ccm.py`)
+`stream.py` streaming perplexity at a fixed K/V budget: sliding, StreamingLLM, CCM (`launch/stream_ccm.py`);
+`stream_run.py` its runs and CCM trained for streaming in one pass (`stream_layout`, `train_stream_run`)
 The mask itself is `sycojax.masks.ccm`.
 """
 
