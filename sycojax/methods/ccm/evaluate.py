@@ -307,11 +307,12 @@ def plot(result: dict, path: str | Path) -> str:
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     FigureCanvasAgg(fig)
+    color = {m: f"C{i}" for i, m in enumerate(result["loss"])}  # one colour per method in both panels
     for ax, key, label in zip(fig.subplots(1, 2), ("loss", "memory_bytes"), ("next-turn NLL", "context K/V bytes")):
         for m, per in result[key].items():
-            if per:
+            if per and not (key == "memory_bytes" and m.endswith("_base")):  # the base holds what its twin holds
                 ax.plot([int(t) for t in per], list(per.values()), marker="o", markersize=3, label=m,
-                        linestyle="--" if m.endswith("_base") else "-")
+                        color=color.get(m), linestyle="--" if m.endswith("_base") or m == "gist" else "-")
         ax.set_xlabel("turn")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
