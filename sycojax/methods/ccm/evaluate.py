@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sycojax.data.sources import EmptyDatasetError
-from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods.ccm import data as D
 from sycojax.methods.ccm import loss as Lo
 from sycojax.methods.ccm import memory as M
 from sycojax.methods.ccm import trees
-from sycojax.models import ModelConfig, forward
+from sycojax.models import ModelConfig
 from sycojax.objectives import token_nll
 
 
@@ -84,12 +84,7 @@ def read_conversations(path: str | Path) -> list[dict]:
 @functools.partial(jax.jit, static_argnames=("cfg", "spec"))
 def _token_nll(params, trainable, tokens, valid, targets, *, cfg, spec):
     """(B, T) NLL of `targets[:, p]` at every position p, under `spec`'s forward (`trainable=None`: the base)."""
-    if trainable is None:
-        logits = forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid),
-                         mask=causal_padding(valid)).logits
-    else:
-        logits = Lo.ccm_forward_logits(params, trainable, cfg, spec, tokens, valid)
-    return token_nll(logits, targets)
+    return token_nll(Lo.logits_or_base(params, trainable, cfg, spec, tokens, valid), targets)
 
 
 def _bucket(n: int, step: int = 32) -> int:
@@ -235,8 +230,6 @@ def summarise(loss: dict[str, dict[int, list[float]]], from_turn: int) -> dict:
 def evaluate(params, cfg: ModelConfig, models: dict[str, Model], convs: Sequence[list[list[int]]], ids: Ids, *,
              max_turn: int, from_turn: int, batch: int = 8, log=print) -> dict:
     """Every method per turn: `models` maps `ccm_concat` (required), `ccm_merge`, `gist`, `full` to their kinds."""
-    import time  # noqa: PLC0415
-
     if "ccm_concat" not in models:
         raise ValueError("evaluate needs a ccm_concat model: the sliding window is sized by its memory")
     concat = models["ccm_concat"].spec

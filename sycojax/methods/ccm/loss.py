@@ -36,6 +36,13 @@ def ccm_forward_logits(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec,
                                first_id=first, n_tok=n)
 
 
+def logits_or_base(params, trainable, cfg: ModelConfig, spec: trees.CCMSpec, tokens, valid):
+    """`ccm_forward_logits` of the kind, or with `trainable=None` the frozen base on the same rows (causal)."""
+    if trainable is None:
+        return forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid)).logits
+    return ccm_forward_logits(params, trainable, cfg, spec, tokens, valid)
+
+
 def output_nll(logits, tokens, weights):
     """Mean next-token NLL where `weights` is 1 (the target turn)."""
     targets = jnp.minimum(tokens[:, 1:], logits.shape[-1] - 1)  # COMP ids are never targets (weight 0)

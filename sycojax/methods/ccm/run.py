@@ -22,11 +22,9 @@ import numpy as np
 
 from sycojax.adapters import LoraConfig
 from sycojax.adapters.export import load_tree, save_tree
-from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.methods.ccm import data as D
 from sycojax.methods.ccm import loss as Lo
 from sycojax.methods.ccm import trees
-from sycojax.models import forward
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.objectives import row_nll
@@ -97,11 +95,7 @@ def eval_nll(params, trainable, cfg, spec, rows: list[D.Row], sep: int, batch: i
 @functools.partial(jax.jit, static_argnames=("cfg", "spec"))
 def _row_nll(params, trainable, tokens, valid, weights, *, cfg, spec):
     """Per-row mean NLL where `weights` is 1: under the CCM mask with `trainable`, else the plain base."""
-    if trainable is None:
-        logits = forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid),
-                         mask=causal_padding(valid)).logits
-    else:
-        logits = Lo.ccm_forward_logits(params, trainable, cfg, spec, tokens, valid)
+    logits = Lo.logits_or_base(params, trainable, cfg, spec, tokens, valid)
     return row_nll(logits[:, :-1], tokens[:, 1:], weights[:, :-1])  # COMP ids are never targets (weight 0)
 
 
