@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct"))
     c.method = ml_collections.ConfigDict(
         dict(
-            name="lora",  # lora | memory | full
+            name="lora",  # lora | memory | full | hyper (the LoRA from a trained generator: method.hyper)
+            hyper="",  # method=hyper: the workdir of launch/train_hyperlora.py (its generator/)
             objective="distill_on_generated_text",  # | distill_on_output_logits | causal_language_model
             lora_rank=8,
             lora_alpha=16.0,

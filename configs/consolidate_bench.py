@@ -19,6 +19,8 @@ bench.gen_batch: rows per generation call (one compiled program per context); be
 rows per teacher-target forward. bench.compile_cache: persistent XLA cache ("" = off). bench.pack: sequence
 packing of the training rows (`sycomode.loop_packing`; the same loss, less padding).
 methods.<m>.lr / steps (+ sizes): the per-method hyper-parameters; the loop's batch size is train.batch_size.
+methods.hyper.hyper: the `hyper` row (`--methods=hyper`, not in the default list) takes the LoRA that this trained
+generator emits in one forward pass; alone, it skips the training replies and self-study questions.
 
 Tuning that chose them. First session (CPU; pirate and facts contexts, 8 queries × 2 replies, constant lr,
 20 steps, KL gap closed at steps 4/8/12/16/20): LoRA lr 2e-3 pirate 72/74/74/73/72 %, facts 34/48/49/53/57 %;
@@ -70,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
             lora=dict(lr=1e-3, steps=256, lora_rank=8, lora_alpha=16.0, lora_targets="all"),
             memory=dict(lr=5e-2, steps=256, num_mem_tokens=16, mem_init="context"),
             full=dict(lr=5e-5, steps=256),
+            # not trained: the LoRA a trained generator emits (launch/train_hyperlora.py's workdir); lr/steps unused
+            hyper=dict(lr=0.0, steps=0, hyper="checkpoints/hyperlora"),
         )
     )
     c.optim.schedule = "cosine"  # to 0 at the last step: constant lr 2e-3 LoRA overfit after ~10 steps (tuning)

@@ -3,6 +3,7 @@
     python launch/consolidate.py --context="You are a pirate..." --method=lora --num_iter=16
     python launch/consolidate.py --context_file=persona.txt --method=memory --num_mem_tokens=8 \\
         --queries_file=train.txt --eval_queries_file=eval.txt --workdir=checkpoints/pirate
+    python launch/consolidate.py --context="..." --method=hyper --hyper=checkpoints/hyperlora  # one forward pass
 
 Flags named like SyCoMode's override the config file (`--config=configs/consolidate.py`); every
 other field is reachable as `--config.<section>.<key>=...`. Ends by printing where outputs went.
@@ -14,6 +15,7 @@ import _common  # noqa: F401  (sys.path, offline HF)
 from absl import app, flags
 
 from sycojax.methods import consolidate
+from sycojax.methods.hyperlora import HyperError
 from sycojax.train import distributed
 from sycojax.train.config import check_values, define_config_flag, override_keys, parse_flags
 
@@ -22,7 +24,9 @@ F = flags.FLAGS
 flags.DEFINE_enum("preset", None, list(consolidate.PRESETS),
                   f"budget: quick (the demo's, ~2 min on 2 CPU cores) or quality (~15 min; default {consolidate.DEFAULT_PRESET})")
 flags.DEFINE_string("model", None, "model name or path (default: smollm2-135m-instruct)")
-flags.DEFINE_enum("method", None, ["lora", "memory", "full"], "what trains")
+flags.DEFINE_enum("method", None, ["lora", "memory", "full", "hyper"],
+                  "what trains (hyper: nothing; a trained generator emits the LoRA, see --hyper)")
+flags.DEFINE_string("hyper", None, "--method=hyper: the workdir of launch/train_hyperlora.py (its trained generator)")
 flags.DEFINE_integer("num_mem_tokens", None, "memory tokens (SyCoMode: 0 = train the weights, i.e. --method=full)")
 flags.DEFINE_string("objective", None, "distill_on_generated_text | distill_on_output_logits | causal_language_model")
 flags.DEFINE_float("lr", None, "learning rate")
@@ -71,6 +75,9 @@ def apply_flags(c, argv=None):
     put("queries_file", "data", "queries_file")
     put("eval_queries_file", "data", "eval_queries_file")
     put("workdir", None, "workdir")
+    put("hyper", "method", "hyper")
+    if c.method.name == "hyper" and F.lora_rank is None:
+        c.method.lora_rank = 0  # the generator's rank; --lora_rank=N checks the generator emits rank N
     if F.num_mem_tokens is not None:
         c.method.num_mem_tokens = F.num_mem_tokens
         if F.num_mem_tokens == 0:
@@ -88,13 +95,20 @@ def main(argv):
     del argv
     _common.quiet_logs()
     distributed.maybe_initialize_from_flags()  # before any device is touched
-    with _common.one_line_errors():
+    with _common.one_line_errors(HyperError):
         c = apply_flags(_CONFIG.value)
+        if c.method.name == "hyper" and not c.method.hyper:
+            raise HyperError("--method=hyper needs --hyper=<workdir of launch/train_hyperlora.py> "
+                             "(the trained generator that emits the LoRA)")
         check_values(c)  # before the model loads: --num_iter=0 or --lr=nan never start
         queries = (f"training queries from {c.data.queries_file}" if c.data.queries_file else
                    f"{c.data.num_train_queries} training queries ({c.data.self_study_queries} self-study)")
-        print(f"preset: {c.preset} ({c.train.num_steps} steps x batch {c.train.batch_size}, {queries}, "
-              f"lr {c.optim.lr:g} {c.optim.schedule}); --preset=quick|quality picks another budget")
+        if c.method.name == "hyper":
+            print(f"hyper: the LoRA from the generator in {c.method.hyper}, no training; held-out queries as a "
+                  f"--method=lora --preset={c.preset} run")
+        else:
+            print(f"preset: {c.preset} ({c.train.num_steps} steps x batch {c.train.batch_size}, {queries}, "
+                  f"lr {c.optim.lr:g} {c.optim.schedule}); --preset=quick|quality picks another budget")
         report = consolidate.run(c, resume=F.resume, overwrite=F.overwrite)
     print()
     print(f"method={report['method']}  KL before {report['kl_before']:.4f} -> after {report['kl_after']:.4f} "
@@ -110,7 +124,8 @@ def main(argv):
     print(f"workdir: {out['workdir']}")
     print(f"report:  {out['report']}")
     print(f"adapter: {out['adapter']}" + (f"  (PEFT: {out['peft']})" if out["peft"] else ""))
-    print(f"plots:   {out['kl_curve']}" + (f", {out['loss_curve']}" if out["loss_curve"] else ""))
+    if out["kl_curve"]:
+        print(f"plots:   {out['kl_curve']}" + (f", {out['loss_curve']}" if out["loss_curve"] else ""))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
     python launch/consolidate_bench.py --contexts=pirate,json --json=/tmp/a.json &   # contexts side by side
     python launch/consolidate_bench.py --contexts=french,caps --json=/tmp/b.json; wait
     python launch/consolidate_bench.py --merge=/tmp/a.json,/tmp/b.json    # -> one table, JSON and plot
+    python launch/consolidate_bench.py --methods=hyper --hyper=checkpoints/hyperlora \
+        --json=results/consolidate_bench_hyper.json --plot=/tmp/hyper_kl.png   # the generated LoRA; nothing trains
 
 Prints one line per (context, method) as it goes, then the table and the per-method summary; writes
 the JSON (after every context, so a partial run keeps what it measured) and the KL-vs-step plot.
@@ -20,13 +22,16 @@ import _common  # repo root on sys.path, offline Hugging Face
 from absl import app, flags
 
 from sycojax.methods import sycomode_bench as sb
+from sycojax.methods.hyperlora import HyperError
 from sycojax.methods.sycomode import ConsolidationError
 from sycojax.train.config import define_config_flag, parse_flags
 
 _CONFIG = define_config_flag("config", _common.config_path("consolidate_bench.py"), "config file")
 F = flags.FLAGS
 flags.DEFINE_string("contexts", None, "comma list of contexts (default: all; --quick: pirate,facts)")
-flags.DEFINE_string("methods", None, "comma list among lora,memory,full (default: all three)")
+flags.DEFINE_string("methods", None, "comma list among lora,memory,full,hyper (default: lora,memory,full)")
+flags.DEFINE_string("hyper", None, "the hyper row's trained generator: a launch/train_hyperlora.py workdir "
+                    "(default: methods.hyper.hyper, checkpoints/hyperlora)")
 flags.DEFINE_integer("steps", None, "optimizer steps for every method (default: each method's config)")
 flags.DEFINE_bool("quick", False, "tiny settings: a smoke test of the pipeline, not a measurement")
 flags.DEFINE_string("json", None, "JSON output (default results/consolidate_bench.json; --quick: /tmp/...)")
@@ -45,6 +50,8 @@ def main(argv):
         c.bench.methods = F.methods
     if F.steps is not None:
         sb.apply_steps(c, F.steps)
+    if F.hyper is not None:
+        c.methods.hyper.hyper = F.hyper
     out_dir = "/tmp" if F.quick else os.path.join(_common.ROOT, "results")
     json_path = F.json or os.path.join(out_dir, "consolidate_bench" + ("_quick" if F.quick else "") + ".json")
     plot_path = F.plot or os.path.join(out_dir, "consolidate_bench" + ("_quick" if F.quick else "") + "_kl.png")
@@ -56,7 +63,7 @@ def main(argv):
             json.dump(result, f, indent=1)
         sb.plot_kl(result, plot_path)
 
-    with _common.one_line_errors():
+    with _common.one_line_errors(HyperError):
         if F.merge:
             missing = [p for p in F.merge if not os.path.isfile(p)]
             if missing:

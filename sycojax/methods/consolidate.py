@@ -122,17 +122,22 @@ def self_study_queries(params, cfg, tok, context: str, n: int, seed: int = 0, ma
     return out[:n]
 
 
+def eval_queries(d: ml_collections.ConfigDict) -> list[str]:
+    """The held-out queries of config section `data`: `--eval_queries_file`, else MT-Bench or the ShareGPT
+    queries after the training ones (disjoint by construction)."""
+    if d.eval_queries_file:
+        return read_lines(d.eval_queries_file, "--eval_queries_file")
+    if d.eval_source == "mtbench":
+        return mtbench_queries(d.num_eval_queries)
+    skip = d.num_train_queries if (d.query_source == "sharegpt" and not d.queries_file) else 0
+    return sharegpt_queries(d.num_eval_queries, skip=skip)
+
+
 def get_queries(c: ml_collections.ConfigDict, params, cfg, tok, context: str) -> tuple[list[str], list[str]]:
     """(training queries, held-out queries), disjoint. Training: `--queries_file`, else `data.self_study_queries`
     questions the model writes about the context followed by `data.query_source` up to `data.num_train_queries`."""
     d = c.data
-    eval_q = read_lines(d.eval_queries_file, "--eval_queries_file") if d.eval_queries_file else None
-    if eval_q is None:
-        if d.eval_source == "mtbench":
-            eval_q = mtbench_queries(d.num_eval_queries)
-        else:  # held out: the ShareGPT queries after the training ones (disjoint by construction)
-            skip = d.num_train_queries if (d.query_source == "sharegpt" and not d.queries_file) else 0
-            eval_q = sharegpt_queries(d.num_eval_queries, skip=skip)
+    eval_q = eval_queries(d)
     if d.queries_file:
         train_q = read_lines(d.queries_file, "--queries_file")
     elif d.query_source in ("sharegpt", "self_study"):
@@ -201,8 +206,8 @@ def apply_preset(c: ml_collections.ConfigDict, name: str, *, keep: Sequence[str]
         if key in keep:
             continue
         section, field = key.split(".")
-        if isinstance(value, dict):
-            value = value[c.method.name]
+        if isinstance(value, dict):  # per method; method=hyper (a generated LoRA) reads lora's
+            value = value[c.method.name if c.method.name in value else "lora"]
         setattr(getattr(c, section), field, value)
         done.append(key)
     c.preset = name
@@ -243,6 +248,10 @@ def check_workdir(workdir: Path, fingerprint: str, resume: bool, overwrite: bool
 
 
 def run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
+    if c.method.name == "hyper":  # the LoRA from a trained generator, in one forward pass (issue 23)
+        from sycojax.methods.hyperlora.use import consolidate_with_generator  # noqa: PLC0415
+
+        return consolidate_with_generator(c, resume=resume, overwrite=overwrite, log=log)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -115,12 +115,14 @@ def test_two_contexts_in_one_batch_equal_each_alone(arch):
 def test_generator_for_smollm2_135m_has_at_most_12m_params():
     hc = hl.HyperConfig()  # rank 8, all seven linears, 4 depths, hidden 128, basis 8
     shapes = jax.eval_shape(lambda k: hl.init_generator(k, SMOLLM2_135M, hc), jax.random.key(0))
-    n = count(shapes)
-    print(f"HyperLoRA generator params at SmolLM2-135M shapes: {n:,}")
+    trained, norm = hl.split_trained(shapes)
+    n = count(trained)
+    print(f"HyperLoRA generator params at SmolLM2-135M shapes: {n:,} trained (+ {count(norm):,} reader_norm)")
     d, L, r, k, h = 576, 30, hc.rank, hc.basis, hc.hidden
     in_plus_out = (576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 3  # q, o; k, v; gate, up, down
     expected = (4 * d * h + h) + L * 7 * h * 2 * r * k + L * k * in_plus_out + L * r * in_plus_out
     assert n == expected
+    assert count(norm) == 2 * 4 * d  # not trained: the training contexts' mean and 1/std (set_reader_norm)
     assert n <= 12_000_000
     assert hc.depths(SMOLLM2_135M) == (8, 15, 22, 30)
 

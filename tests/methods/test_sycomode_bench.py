@@ -251,6 +251,38 @@ def test_one_context_teacher_once_then_lora_closes_the_gap(tiny_llama, char_tok)
     assert lora["prefill_tokens_saved_per_query"] == pytest.approx(prompt_gap)
 
 
+@pytest.mark.slow  # tiny model: generation, targets and KL compile once each
+def test_hyper_row_is_the_generators_lora_with_no_training(tiny_llama, char_tok, tmp_path):
+    import jax
+
+    from sycojax.methods import hyperlora as hl
+    from sycojax.methods.hyperlora.use import context_lora, save_generator
+
+    cfg, params = tiny_llama
+    c = _tiny_config()
+    hc = hl.HyperConfig(rank=4, alpha=8.0, hidden=16, basis=3)
+    gen = hl.init_generator(jax.random.key(0), cfg, hc)
+    gen = dict(gen, modules=jax.tree.map(  # not the base model (a fresh generator's LoRA has B = 0)
+        lambda x: x + 0.3 * jax.random.normal(jax.random.fold_in(jax.random.key(1), x.size), x.shape), gen["modules"]))
+    info = type("Info", (), {"id": "tiny", "content_hash": "sha256:tiny"})()
+    save_generator(gen, tmp_path / "generator", hc=hc, model="tiny", info=info)
+    c.methods.hyper.hyper = str(tmp_path)
+    hyper = sb.load_hyper(c.methods.hyper, info)
+    ctx = sb.BenchContext("caps", "all caps", CONTEXT, "is_all_caps")
+    td = sb.teacher_data(params, cfg, char_tok, CONTEXT, QUERIES, [sb.Query(q) for q in ("hi you", "a cat")], c.bench,
+                         train=False)
+    assert td.train_targets is None and td.kl_before > 0  # nothing trains: no training replies
+    row = sb.run_method(params, cfg, char_tok, ctx, td, "hyper", c.methods.hyper, c, log=lambda *_: None, hyper=hyper)
+    lora, _ = context_lora(gen, params, cfg, char_tok, CONTEXT, hc)
+    kl = sm.mean_kl(params, Adapters(lora=lora, lora_scale=hc.lora.scale), cfg, td.eval_targets)
+    assert row["steps"] == 0 and row["kl_after"] == pytest.approx(kl, rel=1e-5) and row["kl_after"] != td.kl_before
+    assert row["gap_closed"] == pytest.approx(1 - kl / td.kl_before, rel=1e-4)
+    assert row["trainable_bytes"] == 4 * row["trainable_params"] and 0 < row["generate_s"] <= row["train_s"]
+    c.methods.hyper.hyper = ""
+    with pytest.raises(hl.HyperError, match="--methods=hyper needs --config.methods.hyper.hyper"):
+        sb.load_hyper(c.methods.hyper, info)
+
+
 def test_apply_quick_and_steps():
     c = _tiny_config()
     sb.apply_steps(c, 7)

@@ -1,6 +1,7 @@
 """The generator: a context's pooled hidden states -> an ordinary LoRA tree, in one pass.
 
-    pooled (B, n, D) ─ RMS-normalise each depth ─ flatten ─ Linear (n·D → H) ─ GELU ─ z (B, H)
+    pooled (B, n, D) ─ standardise (x − shift)·scale, clip ±4 ─ RMS-normalise each depth ─ flatten
+                     ─ Linear (n·D → H) ─ GELU ─ z (B, H)
     for every targeted (layer l, module m) with weight (out, in):
         a = z W_a[l] (B, r, K),   b = z W_b[l] (B, K, r)             coefficients, generated
         A = A₀[l] + a U[l]        U (K, in): a learned basis shared by every context
@@ -12,17 +13,23 @@ so everything that takes a LoRA takes it: `Adapters(lora_per_row=True)` for a ba
 `adapters.lora_row` + `merge_lora` / `export_peft` / `generate` for one. At init `V = 0` and `B₀ = 0`,
 so the generated LoRA has `B = 0`: the base model exactly, as a fresh `init_lora`.
 
+`reader_norm` (shift 0, scale 1 at init) is not trained: `set_reader_norm` sets it from the training contexts'
+pooled states (per depth and dimension: mean, 1/std), so the few dimensions where every context's mean is
+huge (the residual stream's outlier features) no longer drown what differs between contexts.
+
 Params (`init_generator`):
     {"encoder": {"weight": (n, D, H), "bias": (H,)},
      "modules": {root: {"layers": {block: {name: {"coef_A": (L, H, r, K), "coef_B": (L, H, K, r),
                                                  "basis_A": (L, K, in), "basis_B": (L, out, K)}}}}},
-     "unconditional": init_lora's tree}
+     "unconditional": init_lora's tree,
+     "reader_norm": {"shift": (n, D), "scale": (n, D)}}
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from sycojax.adapters.lora import init_lora
@@ -30,6 +37,7 @@ from sycojax.methods.hyperlora.spec import HyperConfig, HyperError
 from sycojax.models import Adapters, ModelConfig, param_shapes
 
 _EPS = 1e-6
+_CLIP = 4.0  # standardised reader states are clipped to ±4 standard deviations
 
 
 def _weight_shapes(cfg: ModelConfig) -> dict:
@@ -52,13 +60,35 @@ def init_generator(rng: jax.Array, cfg_model: ModelConfig, hc: HyperConfig) -> d
         d_out = ab["lora_B"].shape[1]
         ka, kb, ku = jax.random.split(jax.random.fold_in(k_mod, i), 3)
         modules.setdefault(block, {})[name] = {
-            # scaled so that `a U` starts about as large as A₀ (kaiming-uniform, as init_lora)
-            "coef_A": jax.random.normal(ka, (n_layers, h, r, k), jnp.float32) / (h * k) ** 0.5,
+            # `a U` starts at a tenth of A₀ (kaiming-uniform, as init_lora): an untrained generator's LoRA for an
+            # unusual context is not a large random one once B grows (SmolLM2, lr 2e-3: a full-size start made the
+            # validation contexts' mean KL rise for 50 steps)
+            "coef_A": 0.1 * jax.random.normal(ka, (n_layers, h, r, k), jnp.float32) / (h * k) ** 0.5,
             "coef_B": jax.random.normal(kb, (n_layers, h, k, r), jnp.float32) / (h * k) ** 0.5,
             "basis_A": jax.random.uniform(ku, (n_layers, k, d_in), jnp.float32, -d_in**-0.5, d_in**-0.5),
             "basis_B": jnp.zeros((n_layers, d_out, k), jnp.float32),
         }
-    return {"encoder": encoder, "modules": {root: {"layers": modules}}, "unconditional": unconditional}
+    reader_norm = {"shift": jnp.zeros((n, d), jnp.float32), "scale": jnp.ones((n, d), jnp.float32)}
+    return {"encoder": encoder, "modules": {root: {"layers": modules}}, "unconditional": unconditional,
+            "reader_norm": reader_norm}
+
+
+TRAINED = ("encoder", "modules", "unconditional")  # the entries that train; `reader_norm` is set from data
+
+
+def set_reader_norm(params: dict, pooled: Float[Array, "b n d"] | np.ndarray) -> dict:
+    """`params` with `reader_norm` standardising these pooled states (the training contexts'): per depth and
+    dimension, shift = mean, scale = 1 / std (std floored at 1e-3 of its depth's median std)."""
+    x = np.asarray(pooled, np.float64)
+    mean, std = x.mean(0), x.std(0)
+    std = np.maximum(std, 1e-3 * np.median(std, axis=-1, keepdims=True) + 1e-12)
+    return dict(params, reader_norm={"shift": jnp.asarray(mean, jnp.float32),
+                                     "scale": jnp.asarray(1.0 / std, jnp.float32)})
+
+
+def split_trained(params: dict) -> tuple[dict, dict]:
+    """(the entries that train, `reader_norm`): the loop's trainable and frozen parts of a generator."""
+    return {k: params[k] for k in TRAINED}, params["reader_norm"]
 
 
 def _targets(layers: dict):
@@ -75,6 +105,8 @@ def generate_lora(params: dict, pooled: Float[Array, "b n d"] | Float[Array, "n 
     _check(params, pooled, hc)
     batched = pooled.ndim == 3
     x = (pooled if batched else pooled[None]).astype(jnp.float32)
+    if "reader_norm" in params:  # standardised, and clipped: a context far out of the training ones stays in range
+        x = jnp.clip((x - params["reader_norm"]["shift"]) * params["reader_norm"]["scale"], -_CLIP, _CLIP)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + _EPS)  # depths differ in scale: unit RMS each
     enc = params["encoder"]
     z = jax.nn.gelu(jnp.einsum("bnd,ndh->bh", x, enc["weight"]) + enc["bias"])

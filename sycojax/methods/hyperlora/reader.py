@@ -12,6 +12,16 @@ from sycojax.masks.core import causal_padding, positions_from_valid
 from sycojax.models import ModelConfig, forward
 
 
+def mean_pool(hidden_states: Float[Array, "l b t d"], weights: Float[Array, "b t"] | Bool[Array, "b t"],
+              layers: tuple[int, ...]) -> Float[Array, "b n d"]:
+    """Weighted mean over each row's positions of `hidden_states[layers]` (`Output.hidden_states`): `(B, n, D)`
+    fp32; a row with no weight pools to 0. What `pool_context` returns, and what the teacher pass of
+    `data.py` takes from the context's positions of its own forward (causal: the same states)."""
+    hs = hidden_states[jnp.asarray(layers)].astype(jnp.float32)  # (n, B, T, D)
+    w = weights.astype(jnp.float32)
+    return jnp.einsum("nbtd,bt->bnd", hs, w) / jnp.maximum(w.sum(1), 1.0)[:, None, None]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "layers"))
 def pool_context(
     params_base: dict,
@@ -26,7 +36,4 @@ def pool_context(
     token pools to 0."""
     out = forward(params_base, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
                   return_hidden=True, return_logits=False)
-    hs = out.hidden_states[jnp.asarray(layers)].astype(jnp.float32)  # (n, B, T, D)
-    w = valid.astype(jnp.float32)
-    pooled = jnp.einsum("nbtd,bt->bnd", hs, w) / jnp.maximum(w.sum(1), 1.0)[:, None, None]
-    return pooled
+    return mean_pool(out.hidden_states, valid, layers)

@@ -22,6 +22,8 @@ class HyperConfig:
     hidden:      width of the MLP between the pooled states and the coefficients.
     basis:       K, the size of each (layer, module)'s learned basis: `A = A₀ + a U`, `B = B₀ + V b`
                  with `U (K, in)`, `V (out, K)` shared by all contexts and `a (r, K)`, `b (K, r)` generated.
+    max_context_tokens: the reader's window: a longer context is cut to its first this-many tokens (and the
+                 caller says so: `data.reader_ids`).
     """
 
     rank: int = 8
@@ -30,9 +32,10 @@ class HyperConfig:
     read_layers: tuple[int, ...] = ()
     hidden: int = 128
     basis: int = 8
+    max_context_tokens: int = 512
 
     def __post_init__(self):
-        for name in ("rank", "hidden", "basis"):
+        for name in ("rank", "hidden", "basis", "max_context_tokens"):
             if getattr(self, name) < 1:
                 raise HyperError(f"HyperConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -49,3 +52,12 @@ class HyperConfig:
             raise HyperError(f"read_layers {bad}: the model has hidden states 0..{n} (0 = embeddings, "
                              f"{n} = the final normed stream)")
         return tuple(layers)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HyperConfig:
+        d = dict(d)
+        return cls(**dict(d, targets=tuple(d.get("targets", (ALL_LINEAR,))),
+                          read_layers=tuple(d.get("read_layers", ()))))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from sycojax.methods.sycomode import with_memory
 from sycojax.methods.sycomode_bench.checks import TRANSFER_MIN, BenchContext, behaviour_transfer, pass_rate
 from sycojax.methods.sycomode_bench.report import _fmt_rate
 from sycojax.methods.sycomode_bench.teacher import TeacherData
-from sycojax.models import ModelConfig
+from sycojax.models import Adapters, ModelConfig
 from sycojax.train import ArrayIterator, train
 
 
@@ -56,24 +57,24 @@ def train_config(base: ml_collections.ConfigDict, m: ml_collections.ConfigDict) 
     return c
 
 
-def run_method(
-    params,
-    cfg: ModelConfig,
-    tok,
-    ctx: BenchContext,
-    td: TeacherData,
-    method: str,
-    m: ml_collections.ConfigDict,
-    c: ml_collections.ConfigDict,
-    log=print,
-) -> dict[str, Any]:
-    """Consolidate `td.context` with one method on the shared teacher targets; metrics as the module says."""
+def load_hyper(m: ml_collections.ConfigDict, info) -> tuple[dict, Any]:
+    """The `hyper` row's trained generator (`methods.hyper.hyper`: a launch/train_hyperlora.py workdir) and its
+    HyperConfig, checked against the base model."""
+    from sycojax.methods.hyperlora import HyperError  # noqa: PLC0415
+    from sycojax.methods.hyperlora.use import load_generator  # noqa: PLC0415
+
+    if not str(m.get("hyper", "") or ""):
+        raise HyperError("--methods=hyper needs --config.methods.hyper.hyper=<workdir of launch/train_hyperlora.py>")
+    gen, hc, _ = load_generator(m.hyper, info)
+    return gen, hc
+
+
+def _train(params, cfg: ModelConfig, tok, ctx: BenchContext, td: TeacherData, method: str, spec: sm.Spec,
+           m: ml_collections.ConfigDict, c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The shared loop on the shared teacher targets (memory tokens spliced in), held-out KL along the way."""
     s = c.bench
-    spec = method_spec(method, m, s)
-    t0 = time.perf_counter()
-    n_mem = spec.n_mem
-    train_t = with_memory(td.train_targets, n_mem, cfg)
-    eval_t = with_memory(td.eval_targets, n_mem, cfg)
+    train_t = with_memory(td.train_targets, spec.n_mem, cfg)
+    eval_t = with_memory(td.eval_targets, spec.n_mem, cfg)
     ctx_ids = tok(td.context, add_special_tokens=False)["input_ids"]
     trainable = sm.init_trainable(params, cfg, spec, jax.random.key(int(c.train.seed)), ctx_ids)
     frozen = {} if method == "full" else {"base": params}
@@ -103,7 +104,49 @@ def run_method(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    trainable = jax.device_get(result.trainable)
+    return {"trainable": jax.device_get(result.trainable), "curve": curve, "steps": int(result.step),
+            "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None)}
+
+
+def _generated(params, cfg: ModelConfig, tok, td: TeacherData, hyper: tuple[dict, Any]) -> dict[str, Any]:
+    """The `hyper` row: the context's LoRA from the trained generator in one forward pass (no training)."""
+    from sycojax.methods.hyperlora.use import context_lora  # noqa: PLC0415
+
+    gen, hc = hyper
+    context_lora(gen, params, cfg, tok, td.context, hc)  # compiles this context's width
+    lora, generate_s = context_lora(gen, params, cfg, tok, td.context, hc)
+    trainable = {"lora": jax.device_get(lora)}
+    kl = sm.mean_kl(params, Adapters(lora=trainable["lora"], lora_scale=hc.lora.scale), cfg, td.eval_targets)
+    return {"trainable": trainable, "curve": [(0, td.kl_before), (0, kl)], "steps": 0, "final_loss": None,
+            "generate_s": generate_s, "lora": hc.lora}
+
+
+def run_method(
+    params,
+    cfg: ModelConfig,
+    tok,
+    ctx: BenchContext,
+    td: TeacherData,
+    method: str,
+    m: ml_collections.ConfigDict,
+    c: ml_collections.ConfigDict,
+    log=print,
+    hyper: tuple[dict, Any] | None = None,
+) -> dict[str, Any]:
+    """Consolidate `td.context` with one method on the shared teacher targets (`hyper`: the LoRA a trained
+    generator emits, from `load_hyper`); metrics as the module says."""
+    s = c.bench
+    t0 = time.perf_counter()
+    if method == "hyper":
+        if hyper is None:
+            raise ValueError("run_method(method='hyper') needs hyper=load_hyper(...)")
+        run = _generated(params, cfg, tok, td, hyper)
+        spec = dataclasses.replace(method_spec("lora", m, s), lora=run["lora"])
+    else:
+        spec = method_spec(method, m, s)
+        run = _train(params, cfg, tok, ctx, td, method, spec, m, c)
+    trainable, curve = run["trainable"], run["curve"]
+    n_mem = spec.n_mem
     t_train = time.perf_counter() - t0
     kl_after = curve[-1][1]
 
@@ -141,8 +184,9 @@ def run_method(
         "eval_s": round(t_eval, 1),
         "wall_s": round(t_train + t_eval, 1),
         "trainable_params": int(sum(np.size(x) for x in jax.tree.leaves(trainable))),
-        "steps": int(result.step),
-        "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None),
+        "trainable_bytes": sm.tree_bytes(trainable),
+        "steps": run["steps"],
+        "final_loss": run["final_loss"],
         "samples": [
             {"query": q.text, "teacher": t, "student": st, "baseline": b}
             for q, t, st, b in list(zip(td.eval_queries, td.teacher_texts, student_texts, td.baseline_texts))[
@@ -151,6 +195,8 @@ def run_method(
         ],
         "student_behaviour": flags["student"],
     }
+    if "generate_s" in run:
+        out["generate_s"] = round(run["generate_s"], 4)  # read + generate, compiled: the rest of train_s is the compile
     log(
         f"  {ctx.name:15s} {method:7s} KL {td.kl_before:.4f} -> {kl_after:.4f} "
         f"(gap closed {100 * out['gap_closed']:.1f}%)"

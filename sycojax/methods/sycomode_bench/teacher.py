@@ -27,7 +27,7 @@ class TeacherData:
     eval_queries: list[Query]
     train_prompts: sm.Prompts
     eval_prompts: sm.Prompts
-    train_targets: sm.Targets  # top-k, plain student positions
+    train_targets: sm.Targets | None  # top-k, plain student positions (None: no method trains, `train=False`)
     eval_targets: sm.Targets  # full distributions, plain student positions
     teacher_texts: list[str]  # greedy teacher replies to the held-out queries
     baseline_texts: list[str]  # greedy replies of the base model without the context
@@ -44,29 +44,17 @@ def teacher_data(
     eval_q: Sequence[Query],
     s: ml_collections.ConfigDict,
     seed: int = 0,
+    train: bool = True,
 ) -> TeacherData:
-    """Teacher replies and targets (once), the baseline's replies and `kl_before` for one context."""
+    """Teacher replies and targets (once), the baseline's replies and `kl_before` for one context; `train=False`
+    (only generated LoRAs are benched, nothing trains) skips the training replies and targets."""
     t0 = time.perf_counter()
     eval_texts = [q.text for q in eval_q]
     tr = sm.build_prompts(tok, cfg, context, train_q, 0)
     ev = sm.build_prompts(tok, cfg, context, eval_texts, 0)
     sm.check_fits(cfg, tr, s.max_response_tokens)
     sm.check_fits(cfg, ev, s.max_response_tokens)
-    reps = int(s.samples_per_query)
-    rep = sm.Prompts(tr.teacher_prefix, tr.teacher_suffix * reps, tr.student * reps)
-    sampling = Sampling(float(s.teacher_temperature), float(s.teacher_top_p))
-    responses = sm.teacher_responses(
-        params,
-        cfg,
-        rep,
-        max_new_tokens=s.max_response_tokens,
-        sampling=sampling,
-        seed=seed,
-        batch_size=_gen_batch(len(rep.student), s.gen_batch),
-    )
-    train_t = sm.teacher_targets(
-        params, cfg, rep, responses, topk=s.topk, temperature=s.temperature, batch_size=s.target_batch
-    )
+    train_t = _train_targets(params, cfg, tr, s, seed) if train else None
     ev_resp = sm.teacher_responses(
         params,
         cfg,
@@ -92,4 +80,23 @@ def teacher_data(
         [dec(r).strip() for r in base.rows()],
         kl_before,
         time.perf_counter() - t0,
+    )
+
+
+def _train_targets(params, cfg: ModelConfig, tr: sm.Prompts, s: ml_collections.ConfigDict, seed: int) -> sm.Targets:
+    """`bench.samples_per_query` sampled teacher replies per training query and their top-k targets."""
+    reps = int(s.samples_per_query)
+    rep = sm.Prompts(tr.teacher_prefix, tr.teacher_suffix * reps, tr.student * reps)
+    sampling = Sampling(float(s.teacher_temperature), float(s.teacher_top_p))
+    responses = sm.teacher_responses(
+        params,
+        cfg,
+        rep,
+        max_new_tokens=s.max_response_tokens,
+        sampling=sampling,
+        seed=seed,
+        batch_size=_gen_batch(len(rep.student), s.gen_batch),
+    )
+    return sm.teacher_targets(
+        params, cfg, rep, responses, topk=s.topk, temperature=s.temperature, batch_size=s.target_batch
     )
