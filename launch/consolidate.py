@@ -97,9 +97,6 @@ def main(argv):
     distributed.maybe_initialize_from_flags()  # before any device is touched
     with _common.one_line_errors(HyperError):
         c = apply_flags(_CONFIG.value)
-        if c.method.name == "hyper" and not c.method.hyper:
-            raise HyperError("--method=hyper needs --hyper=<workdir of launch/train_hyperlora.py> "
-                             "(the trained generator that emits the LoRA)")
         check_values(c)  # before the model loads: --num_iter=0 or --lr=nan never start
         queries = (f"training queries from {c.data.queries_file}" if c.data.queries_file else
                    f"{c.data.num_train_queries} training queries ({c.data.self_study_queries} self-study)")

@@ -20,6 +20,14 @@ from sycojax.masks import causal_padding, positions_from_valid
 from sycojax.models import ModelConfig, hidden_at
 
 
+def refuse_occupied_workdir(workdir, resume: bool, overwrite: bool, error: type[Exception]) -> None:
+    """Raise `error` when `workdir` already holds files and neither `--resume` nor `--overwrite` was given: a new
+    run never writes over an old one. (Deleting for `--overwrite` is the caller's, once its inputs are checked.)"""
+    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
+        raise error(f"--config.workdir {workdir} already holds a run; pass --resume to continue it, --overwrite to "
+                    "replace it, or a new --config.workdir. Nothing was overwritten.")
+
+
 def padding_id(cfg: ModelConfig, tok: Any = None) -> int:
     """The id padded rows are filled with: the model's pad id, else the tokenizer's, else its first EOS, else 0."""
     for p in (cfg.pad_token_id, getattr(tok, "pad_token_id", None), *(cfg.eos_ids or ())):

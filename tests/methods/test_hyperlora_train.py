@@ -121,11 +121,11 @@ def test_tiny_end_to_end_run_lowers_the_loss_writes_the_results_and_resumes(tiny
 
 
 def test_a_workdir_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path):
-    from sycojax.methods.hyperlora.run import check_workdir
+    from sycojax.methods.shared import refuse_occupied_workdir
 
     (tmp_path / "x").write_text("earlier")
     with pytest.raises(hl.HyperError, match="already holds a run; pass --resume"):
-        check_workdir(tmp_path, resume=False, overwrite=False)
+        refuse_occupied_workdir(tmp_path, False, False, hl.HyperError)
     assert (tmp_path / "x").exists()
 
 

@@ -25,6 +25,7 @@ from sycojax.adapters.export import load_tree, save_tree
 from sycojax.methods.ccm import data as D
 from sycojax.methods.ccm import loss as Lo
 from sycojax.methods.ccm import trees
+from sycojax.methods.shared import refuse_occupied_workdir
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.objectives import row_nll
@@ -103,9 +104,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     t0 = time.perf_counter()
     spec = spec_from_config(c)
     workdir = Path(c.workdir or "checkpoints/ccm").resolve()
-    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
-        raise CCMError(f"--workdir {workdir} already holds a run; pass --resume to continue it, --overwrite to "
-                       "replace it, or choose a new --config.workdir. Nothing was overwritten.")
+    refuse_occupied_workdir(workdir, resume, overwrite, CCMError)
     cfg, params, info = load_model(c.model.name)
     tok = load_tokenizer(c.model.name)
     c.data.sep_id = int(tok("\n", add_special_tokens=False)["input_ids"][-1])

@@ -30,6 +30,7 @@ from sycojax.methods.ccm.stream import (
     stream_nll,
     summarize,
 )
+from sycojax.methods.shared import refuse_occupied_workdir
 from sycojax.models import ModelConfig, forward
 
 
@@ -262,9 +263,7 @@ def train_stream_run(c, *, resume: bool = False, overwrite: bool = False, log=pr
     if spec.merge:
         raise CCMError("streaming training lays out CCM-concat only; use method.attn_type=concat_recur")
     workdir = Path(c.workdir or "checkpoints/ccm_stream").resolve()
-    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
-        raise CCMError(f"--config.workdir {workdir} already holds a run; pass --resume to continue it, --overwrite "
-                       "to replace it, or choose a new --config.workdir. Nothing was overwritten.")
+    refuse_occupied_workdir(workdir, resume, overwrite, CCMError)
     s = c.stream
     cfg, params, info = load_model(c.model.name)
     tok = load_tokenizer(c.model.name)

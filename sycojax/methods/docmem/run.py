@@ -24,7 +24,7 @@ from sycojax.data.documents import document_windows, load_documents_jsonl, wikip
 from sycojax.methods.docmem import eval as E
 from sycojax.methods.docmem import loss as Lo
 from sycojax.methods.docmem.module import NEGATIVE_KEYS, DocMemConfig, document_keys, init_docmem, negative_keys
-from sycojax.methods.shared import cache_hidden_rows
+from sycojax.methods.shared import cache_hidden_rows, refuse_occupied_workdir
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.objectives import GUIDANCE_FORMS
@@ -51,9 +51,7 @@ def window_arrays(tok, windows, max_tokens: int) -> dict[str, np.ndarray]:
 def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     t0 = time.perf_counter()
     workdir = Path(c.workdir or "checkpoints/docmem").resolve()
-    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
-        raise DocMemError(f"--workdir {workdir} already holds a run; pass --resume, --overwrite or a new workdir. "
-                          "Nothing was overwritten.")
+    refuse_occupied_workdir(workdir, resume, overwrite, DocMemError)
     docs = (load_documents_jsonl(c.data.documents_file) if c.data.documents_file
             else wikipedia_documents(int(c.data.num_documents)))
     windows = document_windows(docs, words=int(c.data.window_words), stride=int(c.data.stride),

@@ -117,21 +117,6 @@ class Rows:
     base_logprobs: np.ndarray  # (Q, R, V) float32: the base model's (no context) at the reply tokens
 
 
-def row_arrays(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int, width: int | None = None,
-               r_max: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens, resp_pos, resp_weights) of rows `prompt + response`, right-padded (as `sm.teacher_targets`)."""
-    r_max = r_max or max(1, max(len(r) for r in responses))
-    width = width or sm.bucket_length(max(len(p) + len(r) for p, r in zip(prompts, responses)))
-    tokens = np.full((len(prompts), width), pad, np.int32)
-    resp_pos = np.zeros((len(prompts), r_max), np.int32)
-    resp_w = np.zeros((len(prompts), r_max), np.float32)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        tokens[i, : len(p) + len(r)] = list(p) + list(r)
-        resp_pos[i, : len(r)] = np.arange(len(p) - 1, len(p) - 1 + len(r))
-        resp_w[i, : len(r)] = 1.0
-    return tokens, resp_pos, resp_w
-
-
 @functools.partial(jax.jit, static_argnames="cfg")
 def _reply_logprobs(params, tokens, resp_pos, *, cfg):
     valid = jnp.ones(tokens.shape, bool)  # right padding: causal alone keeps the real tokens clean
@@ -150,7 +135,7 @@ def query_rows(params, cfg: ModelConfig, tok, queries: Sequence[str], *, respons
     student = [chat_ids(tok, q) for q in queries]
     responses = sm.teacher_responses(params, cfg, sm.Prompts([], student, student), max_new_tokens=response_tokens,
                                      batch_size=batch_size, desc="base replies")
-    tokens, resp_pos, resp_w = row_arrays(student, responses, padding_id(cfg, tok))
+    tokens, resp_pos, resp_w = sm.response_rows(student, responses, padding_id(cfg, tok))
     lp = []
     for rows, n in fixed_batches(list(range(len(queries))), batch_size):
         lp.append(np.asarray(_reply_logprobs(params, jnp.asarray(tokens[rows]), jnp.asarray(resp_pos[rows]),
@@ -271,8 +256,8 @@ def teacher_pass(params, cfg: ModelConfig, tok, contexts: Sequence[dict[str, str
     base_lp = jnp.asarray(rows.base_logprobs)
     for chunk, real in tqdm(list(fixed_batches(list(order), batch_size)), desc="teacher targets", leave=False):
         width = sm.bucket_length(int(lengths[chunk].max()), 32)
-        tokens, resp_pos, resp_w = row_arrays([prompts[i] for i in chunk], [rows.responses[pick[i]] for i in chunk],
-                                              pad, width, r_max)
+        tokens, resp_pos, resp_w = sm.response_rows([prompts[i] for i in chunk],
+                                                    [rows.responses[pick[i]] for i in chunk], pad, width, r_max)
         valid = np.arange(width)[None] < lengths[chunk][:, None]
         out = _teacher_rows(params, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(np.array(prefix)[chunk]),
                             jnp.asarray(resp_pos), base_lp[jnp.asarray(pick[chunk])], cfg=cfg, topk=k, layers=layers)

@@ -27,7 +27,7 @@ from sycojax.methods.hyperlora.generator import init_generator, set_reader_norm,
 from sycojax.methods.hyperlora.loss import make_loss_fn, row_topk_kl
 from sycojax.methods.hyperlora.spec import HyperConfig, HyperError
 from sycojax.methods.hyperlora.use import GENERATOR, save_generator
-from sycojax.methods.shared import fixed_batches, lora_targets
+from sycojax.methods.shared import fixed_batches, lora_targets, refuse_occupied_workdir
 from sycojax.train import ArrayIterator, train
 
 REPORT = "report.json"
@@ -108,14 +108,6 @@ def training_style_gaps(gen: dict, base, cfg, hc: HyperConfig, test: D.Dataset, 
     return {k: 1.0 - v / np.maximum(test.kl_before_topk, 1e-9) for k, v in kls.items()}
 
 
-def check_workdir(workdir: Path, resume: bool, overwrite: bool) -> None:
-    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
-        raise HyperError(f"--config.workdir {workdir} already holds a run; pass --resume to continue it, "
-                         "--overwrite to replace it, or a new workdir. Nothing was overwritten.")
-    if overwrite and workdir.exists():
-        shutil.rmtree(workdir)
-
-
 def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: bool = False, log=print,
               consolidation: ml_collections.ConfigDict | None = None, contexts=None, model=None) -> dict:
     """The whole run (module docstring). `consolidation`: `configs/consolidate.py`'s config, for the optimised
@@ -128,7 +120,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     timings: dict = {}
     workdir = Path(c.workdir or "checkpoints/hyperlora").resolve()
     c.workdir = str(workdir)
-    check_workdir(workdir, resume, overwrite)
+    refuse_occupied_workdir(workdir, resume, overwrite, HyperError)
     hc = hyper_config(c)
     if model is None:
         cfg, params, info = load_model(c.model.name)
@@ -136,7 +128,9 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     else:
         cfg, params, info, tok = model
     params = jax.device_put(params)  # once: a numpy tree would be copied into every jitted call (~0.5 GB here)
-    hc.depths(cfg)
+    hc.depths(cfg)  # the reader's depths exist in this model: refused here, before anything is deleted or written
+    if overwrite and workdir.exists():
+        shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     d = c.data
     pool, test_queries = (list(d.pool), list(d.test)) if len(d.pool) and len(d.test) else queries(d)
@@ -203,6 +197,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
                     limit=int(c.eval.optimised_limit), log=log)
         timings["optimised_s"] = round(time.perf_counter() - t0, 1)
     medians = E.summarize(records)
+    subset = E.summarize_optimised_subset(records)
     plot = E.plot(records, workdir / "gap_closed.png",
                   title=f"HyperLoRA: KL gap closed on {len(records)} held-out test contexts")
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -217,12 +212,12 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
         "generate_s": float(np.median([r["generate_s"] for r in records])),
         "params": n_params,
         "per_context": records,
-        "test_on_optimised_subset": E.summarize_optimised_subset(records),
+        "test_on_optimised_subset": subset,
         "test_training_style_rows": {k: float(np.median([r["training_style_gap_closed"][k] for r in records]))
                                      for k in ("hyper", "unconditional", "wrong_context")},
         "targets": {"hyper": 0.45, "above_unconditional": 0.15, "above_wrong_context": 0.20,
                     "share_of_optimised": 0.60},
-        "met": met(medians, E.summarize_optimised_subset(records)),
+        "met": met(medians, subset),
         "validation_curve": curve,
         "steps": result.step,
         "settings": {"model": c.model.name, "hyper": hc.to_dict(), "data": json.loads(d.to_json()),

@@ -27,7 +27,7 @@ from sycojax.eval.efficiency import peak_rss_mb
 from sycojax.methods.knn import distill as D
 from sycojax.methods.knn.layers import KNNConfig, init_knn
 from sycojax.methods.knn.store import KNNStore, StoreError, StoreSpec
-from sycojax.methods.shared import cache_hidden_rows
+from sycojax.methods.shared import cache_hidden_rows, refuse_occupied_workdir
 from sycojax.models.loading import load_model
 from sycojax.models.tokenizer import load_tokenizer
 from sycojax.train import ArrayIterator, train
@@ -206,9 +206,7 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
     t0 = time.perf_counter()
     workdir = Path(c.workdir or "checkpoints/knn").resolve()
     c.workdir = str(workdir)
-    if workdir.exists() and any(workdir.iterdir()) and not (resume or overwrite):
-        raise KNNError(f"--workdir {workdir} already holds a run; pass --resume, --overwrite or a new workdir. "
-                       "Nothing was overwritten.")
+    refuse_occupied_workdir(workdir, resume, overwrite, KNNError)
     variants = [v.strip() for v in str(c.method.variants).split(",") if v.strip()]
     bad = [v for v in variants if v not in TRAINED]
     if bad or not variants:

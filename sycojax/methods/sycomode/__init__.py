@@ -41,6 +41,7 @@ from sycojax.methods.sycomode.data import (
     build_prompts,
     check_fits,
     context_lm_targets,
+    response_rows,
     row_lengths,
     strip_memory,
     with_memory,
@@ -55,7 +56,7 @@ from sycojax.methods.sycomode.trees import init_trainable, split_trees, student_
 __all__ = [
     "METHODS", "OBJECTIVES", "Consolidated", "ConsolidationError", "Prompts", "Spec", "Targets", "bucket_length",
     "build_prompts", "check_fits", "context_lm_targets", "init_trainable", "load_consolidated", "loop_packing",
-    "make_loss_fn", "mean_kl", "packing_plan", "reply", "response_hidden", "row_lengths", "side_by_side",
-    "spec_from_dict", "split_trees", "strip_memory", "student_params", "teacher_responses", "teacher_targets",
-    "tree_bytes", "with_memory",
+    "make_loss_fn", "mean_kl", "packing_plan", "reply", "response_hidden", "response_rows", "row_lengths",
+    "side_by_side", "spec_from_dict", "split_trees", "strip_memory", "student_params", "teacher_responses",
+    "teacher_targets", "tree_bytes", "with_memory",
 ]

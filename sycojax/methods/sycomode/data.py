@@ -97,6 +97,22 @@ class Targets:
                     num_tokens=self.resp_weights.sum(1).astype(np.int32))
 
 
+def response_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int,
+                  width: int | None = None, r_max: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, resp_pos, resp_weights) of the right-padded rows `prompt + response` (`Targets`' layout): the
+    logits at `len(prompt) - 1 + j` predict response token j. Width: the bucketed longest row unless given."""
+    r_max = r_max or max(1, max(len(r) for r in responses))
+    width = width or bucket_length(max(len(p) + len(r) for p, r in zip(prompts, responses)))
+    tokens = np.full((len(prompts), width), pad, np.int32)
+    resp_pos = np.zeros((len(prompts), r_max), np.int32)
+    resp_w = np.zeros((len(prompts), r_max), np.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        tokens[i, : len(p) + len(r)] = list(p) + list(r)
+        resp_pos[i, : len(r)] = np.arange(len(p) - 1, len(p) - 1 + len(r))
+        resp_w[i, : len(r)] = 1.0
+    return tokens, resp_pos, resp_w
+
+
 def context_lm_targets(tok, cfg: ModelConfig, context: str, spec: Spec) -> Targets:
     """SyCoMode's `causal_language_model`: next-token CE on the context text itself (memory tokens after BOS).
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from sycojax import objectives as obj
 from sycojax.infer.generate import GREEDY, Sampling, generate
-from sycojax.methods.sycomode.data import Prompts, Targets, bucket_length
+from sycojax.methods.sycomode.data import Prompts, Targets, bucket_length, response_rows
 from sycojax.methods.sycomode.spec import ConsolidationError
 from sycojax.models import ModelConfig, check_length, forward, init_cache, lm_head_weight
 
@@ -89,19 +89,11 @@ def teacher_targets(
     n = len(responses)
     if n == 0:
         raise ConsolidationError("no teacher responses to train on")
-    r_max = max(1, max(len(r) for r in responses))
-    t_student = bucket_length(max(len(s) + len(r) for s, r in zip(prompts.student, responses)))
     t_teacher = bucket_length(max(len(s) + len(r) for s, r in zip(prompts.teacher_suffix, responses)))
     check_length(cfg, len(prompts.teacher_prefix) + t_teacher, "context + query + response")
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    tokens = np.full((n, t_student), pad, np.int32)
-    resp_pos = np.zeros((n, r_max), np.int32)
-    resp_w = np.zeros((n, r_max), np.float32)
-    for i, (s, r) in enumerate(zip(prompts.student, responses)):
-        row = list(s) + list(r)
-        tokens[i, : len(row)] = row
-        resp_pos[i, : len(r)] = np.arange(len(s) - 1, len(s) - 1 + len(r))
-        resp_w[i, : len(r)] = 1.0
+    tokens, resp_pos, resp_w = response_rows(prompts.student, responses, pad)
+    r_max = resp_pos.shape[1]
     prefix_cache = _prefix_cache(params, cfg, prompts.teacher_prefix)
     k = cfg.vocab_size if full else topk
     idx_all, lp_all = [], []

@@ -78,7 +78,8 @@ from sycojax.methods.sycomode_bench.teacher import TeacherData, teacher_data
 
 __all__ = [
     "CHECKS", "GENERAL_EVAL", "MTBENCH_EVAL_IDS", "MTBENCH_SYSTEM", "PIRATE", "QUICK_CONTEXTS", "TARGETS",
-    "TRANSFER_MIN", "WIKI_TITLES", "ZORVEX", "BenchContext", "Query", "TeacherData", "apply_quick", "apply_steps", "load_hyper",
+    "TRANSFER_MIN", "WIKI_TITLES", "ZORVEX", "BenchContext", "Query", "TeacherData", "apply_quick", "apply_steps",
+    "load_hyper",
     "behaviour_transfer", "context_text", "default_contexts", "enable_compile_cache", "format_table",
     "general_eval_queries", "json_like", "merge_results", "method_spec", "mtbench_system", "pass_rate", "phrase_any",
     "plot_kl", "queries_for", "run_bench", "run_method", "select", "self_study_for", "sharegpt_pool", "summarize",
