@@ -1,6 +1,7 @@
 """Train a document memory (a key-gated module on one block) with the guidance loss, on real documents.
 
     python launch/train_docmem.py --config.workdir=checkpoints/docmem [--resume | --overwrite]
+    python launch/eval_docmem.py --workdirs=checkpoints/docmem       # recall, edit test, plots
 
 Every field of `configs/docmem.py` is reachable as `--config.<section>.<key>=...`. Ends by printing where
 the outputs went.

@@ -9,7 +9,9 @@ consolidation bench); anything bigger that two methods share belongs in a layer 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -63,3 +65,20 @@ def cache_hidden_rows(params, tokens, valid, *, cfg: ModelConfig, layer: int, ba
     return np.concatenate([np.asarray(cache_hidden(params, jnp.asarray(tokens[i : i + batch]),
                                                    jnp.asarray(valid[i : i + batch]), cfg=cfg, layer=layer))
                            for i in range(0, len(tokens), batch)])
+
+
+COST = "cost.json"
+
+
+def accumulate_cost(workdir: Path, timings: dict) -> dict:
+    """The seconds of every invocation on `workdir` summed per phase (e.g. data, train, eval, total), so
+    a run finished by `--resume` still reports what it cost; kept in `<workdir>/cost.json`."""
+    path = workdir / COST
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    runs = int(old.pop("invocations", 0)) + 1
+    now = {"data_s": sum(v for k, v in timings.get("data", {}).items() if k.endswith("_s") and "per" not in k)}
+    now.update({k: v for k, v in timings.items() if k != "data"})
+    cost = {k: round(float(old.get(k, 0.0)) + float(now.get(k, 0.0)), 1) for k in sorted({*old, *now})}
+    cost["invocations"] = runs
+    path.write_text(json.dumps(cost, indent=1))
+    return cost

@@ -11,10 +11,12 @@ from sycojax.models.model import (
     block_mlp,
     check_length,
     embed,
+    final_norm,
     forward,
     hidden_at,
     init_cache,
     lm_head_weight,
+    lm_logits,
     restack_cache,
     unstack_cache,
     unstack_layers,
@@ -23,6 +25,7 @@ from sycojax.models.modules import BlockModules, Module
 
 __all__ = [
     "Adapters", "BaseFFN", "BlockModules", "ConfigError", "ModelConfig", "Module", "Output", "RopeScaling",
-    "SequenceTooLong", "base_ffn", "block_mlp", "check_length", "embed", "forward", "hidden_at", "init_cache",
-    "init_params", "lm_head_weight", "num_params", "param_shapes", "restack_cache", "unstack_cache", "unstack_layers",
+    "SequenceTooLong", "base_ffn", "block_mlp", "check_length", "embed", "final_norm", "forward", "hidden_at",
+    "init_cache", "init_params", "lm_head_weight", "lm_logits", "num_params", "param_shapes", "restack_cache",
+    "unstack_cache", "unstack_layers",
 ]

@@ -364,10 +364,7 @@ def forward(
         return_hidden=return_hidden, dtype=dtype, attn_impl=attn_impl, remat=remat, weight_major=weight_major,
         ffn_inputs=ffn_inputs, kv_mix=kv_mix,
     )
-    if cfg.arch == "llama":
-        final = L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
-    else:
-        final = L.layer_norm(h, params["gpt_neox"]["final_layer_norm"], cfg.norm_eps)
+    final = final_norm(params, h, cfg)
     logits = None
     if return_logits:
         w = lm_head_weight(params, cfg)
@@ -375,6 +372,21 @@ def forward(
     # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
     hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
     return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache, ffn_inputs=ffn_inputs)
+
+
+def final_norm(params: dict, h: Float[Array, "... d"], cfg: ModelConfig) -> Float[Array, "... d"]:
+    """The norm after the last block (RMSNorm for LLaMA, LayerNorm for GPT-NeoX)."""
+    if cfg.arch == "llama":
+        return L.rms_norm(h, params["model"]["norm"]["weight"], cfg.norm_eps)
+    return L.layer_norm(h, params["gpt_neox"]["final_layer_norm"], cfg.norm_eps)
+
+
+def lm_logits(params: dict, h: Float[Array, "... d"], cfg: ModelConfig) -> Float[Array, "... v"]:
+    """fp32 logits from the last block's output stream `h` (final norm + LM head), at any positions: what
+    `forward` ends with, for losses that run the head only where they need it."""
+    final = final_norm(params, h, cfg)
+    w = lm_head_weight(params, cfg)
+    return L.dot_wt(final.astype(w.dtype), w, False).astype(jnp.float32)
 
 
 def hidden_at(

@@ -37,8 +37,34 @@ def test_module_matches_the_formula_per_row(key_activation):
         x = x * sigma(q["gate"]["w"] @ np.asarray(k[b]) + q["gate"]["b"])
         x = (x @ q["down"]["w"].T + q["down"]["b"]) @ q["lmm"]["w"].T + q["lmm"]["b"]
         np.testing.assert_allclose(out[b], np.asarray(h[b]) + _gelu(x), rtol=1e-5, atol=1e-5)
-    ungated = np.asarray(docmem_apply(p, h, None, c))  # no key: the gate is skipped, not zeroed
-    assert not np.allclose(ungated, out) and not np.allclose(ungated, np.asarray(h))
+    np.testing.assert_array_equal(np.asarray(docmem_apply(p, h, None, c)), np.asarray(h))  # no key: inactive
+
+
+@pytest.mark.parametrize("key_activation", ["tanh", "relu"])
+def test_topk_gate_is_the_dense_formula_on_its_units_and_a_zero_key_is_the_base(key_activation):
+    """The topk gate keeps each key's top_k |σ(W_gate k)| units and gathers only them; the result equals the
+    dense formula with the other units' gate set to 0 (no bias after the gate); a zero key returns `h` exactly."""
+    c = DocMemConfig(d_model=6, memory_units=10, key_dim=3, key_activation=key_activation, gate="topk", top_k=4)
+    p = init_docmem(jax.random.key(0), c)
+    assert set(p["up"]) == {"w", "b"} and all(set(p[n]) == {"w"} for n in ("gate", "down", "lmm"))
+    p["up"]["b"] = 0.1 * jax.random.normal(jax.random.key(1), p["up"]["b"].shape)
+    h = jax.random.normal(jax.random.key(2), (3, 5, 6))
+    k = jnp.array([[1.0, -0.5, 0.2], [-0.3, 0.8, 0.0], [0.0, 0.0, 0.0]])
+    out = np.asarray(docmem_apply(p, h, k, c))
+    q = jax.tree.map(np.asarray, p)
+    sigma = np.tanh if key_activation == "tanh" else (lambda x: np.maximum(x, 0))
+    for b in range(3):
+        g = sigma(q["gate"]["w"] @ np.asarray(k[b]))
+        g = np.where(np.abs(g) >= np.sort(np.abs(g))[-4], g, 0.0)  # the top 4
+        gates = np.asarray(selection(p, k[b : b + 1], c))[0]
+        np.testing.assert_allclose(gates, g, atol=1e-6)
+        assert (np.abs(gates) > 0).sum() <= 4
+        x = _gelu(np.asarray(h[b]) @ q["up"]["w"].T + q["up"]["b"]) * g
+        x = (x @ q["down"]["w"].T) @ q["lmm"]["w"].T
+        np.testing.assert_allclose(out[b], np.asarray(h[b]) + _gelu(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[2], np.asarray(h[2]))
+    with pytest.raises(ValueError, match="top_k=0 with memory_units=10"):
+        DocMemConfig(d_model=6, memory_units=10, gate="topk")
 
 
 def test_init_is_orthogonal_with_gain_sqrt2_and_keys_are_fixed_rows():
@@ -135,7 +161,7 @@ def test_cached_training_step_and_greedy_decoding_with_the_module(tiny_llama):
     tokens = jnp.asarray([[1, 5, 6, 7, 8, 9], [1, 9, 10, 11, 0, 0]])
     valid = tokens > 0
     keys = document_keys(jax.random.key(1), 2, 2)
-    h = Lo.cache_hidden(params, tokens, valid, cfg=cfg, layer=layer)
+    h = Lo.cache_after(params, np.asarray(tokens), np.asarray(valid), cfg=cfg, layer=layer)
     nll = Lo.window_nll(params, p, c, cfg, layer, h, tokens, valid, valid.astype(jnp.float32), keys)
     full = forward(params, tokens, cfg=cfg, positions=positions_from_valid(valid), mask=causal_padding(valid),
                    modules=BlockModules(hooks={layer: Module(DocMemHook(c), p)}), module_ctx={"doc_key": keys}).logits
@@ -161,3 +187,74 @@ def test_cached_training_step_and_greedy_decoding_with_the_module(tiny_llama):
                          module_ctx={"doc_key": keys[r : r + 1]}).logits
             seq.append(int(jnp.argmax(lg[0, -1])))
         assert got[r].tolist() == seq[len(pr) :]
+
+
+def test_chunked_rows_and_sampled_negatives_equal_the_window_forward(tiny_llama):
+    """On the last block the training rows are re-cut into chunks of one document's positions: their token-mean
+    NLL equals the full forward's with the hook; sampled positions give those positions' logits; a hook below
+    the last block runs the blocks above (equal to the hooked forward) and refuses chunking."""
+    from sycojax.masks import causal_padding, positions_from_valid  # noqa: PLC0415
+    from sycojax.methods.docmem import DocMemHook  # noqa: PLC0415
+    from sycojax.methods.docmem import loss as Lo  # noqa: PLC0415
+    from sycojax.models import BlockModules, Module, forward  # noqa: PLC0415
+
+    cfg, params = tiny_llama
+    c = DocMemConfig(d_model=cfg.hidden_size, memory_units=16, key_dim=2, gate="topk", top_k=4)
+    p = init_docmem(jax.random.key(0), c)
+    p["lmm"]["w"] = p["lmm"]["w"] * 3.0  # a visible increment
+    tokens = np.asarray([[1, 5, 6, 7, 8, 9, 10], [1, 9, 10, 11, 0, 0, 0]])
+    valid = tokens > 0
+    weights = valid.astype(np.float32)
+    keys = document_keys(jax.random.key(1), 2, 2)
+    doc = np.array([0, 1])
+    for layer in (0, cfg.num_layers - 1):  # the last one last: its h and logits are used below
+        mods = BlockModules(hooks={layer: Module(DocMemHook(c), p)})
+        full = forward(params, jnp.asarray(tokens), cfg=cfg, positions=positions_from_valid(jnp.asarray(valid)),
+                       mask=causal_padding(jnp.asarray(valid)), modules=mods, module_ctx={"doc_key": keys[doc]}).logits
+        h = Lo.cache_after(params, tokens, valid, cfg=cfg, layer=layer)
+        got = Lo.tail_logits(params, p, c, cfg, layer, jnp.asarray(h), jnp.asarray(valid), keys[doc])
+        np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(full)[valid], atol=2e-5)
+    layer = cfg.num_layers - 1
+    at = jnp.asarray([[0, 3], [2, 1]])
+    picked = Lo.tail_logits(params, p, c, cfg, layer, jnp.asarray(h), None, keys[doc], at=at)
+    np.testing.assert_allclose(np.asarray(picked), np.take_along_axis(np.asarray(full), np.asarray(at)[..., None], 1),
+                               atol=2e-5)
+    rows = Lo.chunk_positions(h, tokens, weights, doc, chunk=4)
+    assert rows["h"].shape == (3, 4, cfg.hidden_size) and rows["doc"].tolist() == [0, 0, 1]
+    assert rows["weights"].sum() == weights[:, 1:].sum()  # every target once, padding never
+    logp = jax.nn.log_softmax(full[:, :-1], -1)
+    ref = -np.take_along_axis(np.asarray(logp), tokens[:, 1:, None], -1)[..., 0]
+    want = (ref * weights[:, 1:]).sum() / weights[:, 1:].sum()
+    got = Lo.chunk_nll(params, p, c, cfg, jnp.asarray(rows["h"]), jnp.asarray(rows["labels"]),
+                       jnp.asarray(rows["weights"]), keys[rows["doc"]])
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    loss_fn = Lo.make_loss_fn(cfg, c, layer, negative="other", tau=4.5, alpha=0.1, form="paper", neg_positions=2,
+                              chunked=True)
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, {"base": params, "keys": keys},
+                                                               jax.tree.map(jnp.asarray, rows), jax.random.key(2))
+    np.testing.assert_allclose(float(aux["ce_pos"]), want, rtol=1e-5)
+    assert float(loss) == pytest.approx(float(aux["ce_pos"]) + 0.1 * abs(4.5 - float(aux["ce_neg"])), rel=1e-5)
+    assert float(jnp.abs(g["up"]["w"]).max()) > 0 and "b" not in g["lmm"]
+    with pytest.raises(ValueError, match="need the hook on the last block"):
+        Lo.make_loss_fn(cfg, c, 0, negative="other", tau=4.5, alpha=0.1, form="paper", chunked=True)
+
+
+def test_key_dim_and_hook_errors_name_the_fix(tiny_llama):
+    import ml_collections  # noqa: PLC0415
+
+    from sycojax.methods.docmem.module import check_key_dim  # noqa: PLC0415
+    from sycojax.methods.docmem.run import DocMemError, model_settings  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="key_dim=2 is too small for orthogonal keys of 10 documents: set key_dim >="):
+        check_key_dim(2, 10)
+    cfg, _ = tiny_llama
+    base = {"hook_block": -1, "gate": "topk", "memory_units": 16, "top_k": 4, "key_dim": 0, "key_activation": "tanh",
+            "act": "gelu", "guidance_form": "paper", "negative_key": "other"}
+    hook, mc = model_settings(ml_collections.ConfigDict({"method": base}), cfg, 5)
+    assert hook == cfg.num_layers - 1 and mc.key_dim == 5
+    for change, match in (({"hook_block": cfg.num_layers}, f"the model has blocks 0..{cfg.num_layers - 1}"),
+                          ({"key_dim": 3}, "set key_dim >= 5"),
+                          ({"negative_key": "zero"}, "a zero key IS the base model"),
+                          ({"top_k": 0}, "keeps 1..memory_units units")):
+        with pytest.raises(DocMemError, match=match):
+            model_settings(ml_collections.ConfigDict({"method": {**base, **change}}), cfg, 5)

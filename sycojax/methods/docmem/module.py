@@ -2,11 +2,19 @@
 
     h' = h + act( W_lmm · W_down( act(W_up h) ⊙ σ(W_gate k_d + b_gate) ) )        (biases omitted)
 
-`m = memory_units` hidden units (upstream 32); `k_d ∈ R^key_dim` (upstream 2) is a FIXED row of an
-orthogonal init (gain √2) per document; σ is tanh (signed selection) or relu (sparse selection); every
-weight is orthogonal-initialised with gain √2 and zero biases, as upstream. With `key=None` the gate is
-skipped (upstream's module with no key set): the base model itself is the block without the module.
-Only this tree trains; the base model is frozen.
+`m = memory_units` hidden units (upstream 32); `k_d ∈ R^key_dim` is a FIXED row of an orthogonal init
+(gain √2) per document, so `key_dim >= number of documents`; σ is tanh (signed selection) or relu (sparse
+selection); every weight is orthogonal-initialised with gain √2 and zero biases, as upstream. The module is
+active only when a key is given (upstream): `key=None` returns `h`, the base model.
+
+Two gates:
+- `dense` (upstream): every token runs all `m` units, so a bank sized to the number of documents costs
+  linearly in it per token.
+- `topk` (ours, for hundreds of documents): the key's gate `σ(W_gate k_d)` keeps only its `top_k` largest
+  units (by magnitude), and each row gathers just those rows of `W_up` and columns of `W_down`: per token
+  `O(top_k · D + D²)` whatever the bank size or the number of documents (the selection itself is once per
+  document, `O(m · key_dim)`, and can be tabulated). It has no bias after the gate, so a zero key selects
+  nothing and gives back the base model exactly: forgetting a document is zeroing its key.
 
 Shapes follow the base model's convention, `(out, in)` weights: `up (m, D)`, `gate (m, key_dim)`,
 `down (D, m)`, `lmm (D, D)`.
@@ -23,6 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 KEY_ACTIVATIONS = ("tanh", "relu")
+GATES = ("dense", "topk")
 NEGATIVE_KEYS = ("other", "random", "zero")
 GAIN = float(np.sqrt(2.0))
 
@@ -34,8 +43,15 @@ class DocMemConfig:
     key_dim: int = 2
     key_activation: str = "tanh"  # tanh (signed) | relu (sparse)
     act: str = "gelu"  # the LM's own activation (upstream --lm_act)
+    gate: str = "dense"  # dense (upstream) | topk (top_k units of the bank per document)
+    top_k: int = 0
 
     def __post_init__(self):
+        if self.gate not in GATES:
+            raise ValueError(f"gate={self.gate!r}; choose {' or '.join(GATES)}")
+        if self.gate == "topk" and not 1 <= self.top_k <= self.memory_units:
+            raise ValueError(f"top_k={self.top_k} with memory_units={self.memory_units}: the topk gate keeps "
+                             "1..memory_units units per document")
         if self.key_activation not in KEY_ACTIVATIONS:
             raise ValueError(f"key_activation={self.key_activation!r}; choose {' or '.join(KEY_ACTIVATIONS)}")
         if self.act not in ("gelu", "relu", "silu"):
@@ -53,8 +69,16 @@ def init_docmem(rng: jax.Array, c: DocMemConfig) -> dict[str, dict[str, jax.Arra
     shapes = {"up": (c.memory_units, c.d_model), "gate": (c.memory_units, c.key_dim),
               "down": (c.d_model, c.memory_units), "lmm": (c.d_model, c.d_model)}
     keys = jax.random.split(rng, len(shapes))
-    return {name: {"w": _orthogonal(k, shape), "b": jnp.zeros((shape[0],), jnp.float32)}
+    biased = ("up",) if c.gate == "topk" else tuple(shapes)  # topk: nothing after the gate, so key 0 = base
+    return {name: {"w": _orthogonal(k, shape), **({"b": jnp.zeros((shape[0],), jnp.float32)} if name in biased else {})}
             for k, (name, shape) in zip(keys, shapes.items())}
+
+
+def check_key_dim(key_dim: int, num_documents: int) -> None:
+    """Orthogonal document keys need `key_dim >= num_documents`; the message names the fix."""
+    if key_dim < num_documents:
+        raise ValueError(f"key_dim={key_dim} is too small for orthogonal keys of {num_documents} documents: "
+                         f"set key_dim >= {num_documents} (0 = one dimension per document)")
 
 
 def document_keys(rng: jax.Array, num_documents: int, key_dim: int) -> jax.Array:
@@ -81,23 +105,49 @@ def _act(name: str):
     return {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu, "silu": jax.nn.silu}[name]
 
 
-def selection(params: dict[str, Any], key: Float[Array, "b k"], c: DocMemConfig) -> Float[Array, "b m"]:
-    """The gate `σ(W_gate k + b)` a key selects: which memory units a document uses (its L0/L2 are metrics)."""
-    g = key.astype(jnp.float32) @ params["gate"]["w"].T + params["gate"]["b"]
+def _gate(params: dict[str, Any], key: Float[Array, "b k"], c: DocMemConfig) -> Float[Array, "b m"]:
+    g = key.astype(jnp.float32) @ params["gate"]["w"].T
+    if "b" in params["gate"]:
+        g = g + params["gate"]["b"]
     return jnp.tanh(g) if c.key_activation == "tanh" else jax.nn.relu(g)
+
+
+def topk_units(params: dict[str, Any], key: Float[Array, "b k"], c: DocMemConfig):
+    """The topk gate: `(units (B, top_k) int32, values (B, top_k))`, the `top_k` largest `|σ(W_gate k)|`."""
+    g = _gate(params, key, c)
+    _, units = jax.lax.top_k(jnp.abs(g), c.top_k)
+    return units, jnp.take_along_axis(g, units, axis=1)
+
+
+def selection(params: dict[str, Any], key: Float[Array, "b k"], c: DocMemConfig) -> Float[Array, "b m"]:
+    """The gate a key selects over all `m` units (topk: zero outside its units): which memory units a
+    document uses (its L0/L2 and pairwise distances are metrics)."""
+    if c.gate == "dense":
+        return _gate(params, key, c)
+    units, values = topk_units(params, key, c)
+    rows = jnp.arange(key.shape[0])[:, None]
+    return jnp.zeros((key.shape[0], c.memory_units), jnp.float32).at[rows, units].set(values)
 
 
 def docmem_apply(
     params: dict[str, Any], h: Float[Array, "b t d"], key: Float[Array, "b k"] | None, c: DocMemConfig
 ) -> Float[Array, "b t d"]:
-    """`h + act(W_lmm W_down(act(W_up h) ⊙ σ(W_gate key + b)))`, one key per row (`key=None`: no gate)."""
+    """`h + act(W_lmm W_down(act(W_up h) ⊙ σ(W_gate key + b)))`, one key per row (`key=None`: `h`)."""
+    if key is None:
+        return h
     act = _act(c.act)
-    x = act(h.astype(jnp.float32) @ params["up"]["w"].T + params["up"]["b"])
-    if key is not None:
-        x = x * selection(params, key, c)[:, None, :]
-    x = x @ params["down"]["w"].T + params["down"]["b"]
-    x = x @ params["lmm"]["w"].T + params["lmm"]["b"]
-    return (h.astype(jnp.float32) + act(x)).astype(h.dtype)
+    hf = h.astype(jnp.float32)
+    if c.gate == "dense":
+        x = act(hf @ params["up"]["w"].T + params["up"]["b"]) * _gate(params, key, c)[:, None, :]
+        x = x @ params["down"]["w"].T + params["down"]["b"]
+        x = x @ params["lmm"]["w"].T + params["lmm"]["b"]
+    else:  # gather each row's units: (B, top_k, D) slices of the bank
+        units, values = topk_units(params, key, c)
+        up, b_up = params["up"]["w"][units], params["up"]["b"][units]
+        down = jnp.swapaxes(params["down"]["w"], 0, 1)[units]
+        x = act(jnp.einsum("btd,bkd->btk", hf, up) + b_up[:, None, :]) * values[:, None, :]
+        x = jnp.einsum("btk,bkd->btd", x, down) @ params["lmm"]["w"].T
+    return (hf + act(x)).astype(h.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,4 +159,6 @@ class DocMemHook:
 
     def __call__(self, params, h, ctx):
         key = None if ctx is None else ctx.get("doc_key")
+        if key is None:
+            return jnp.zeros_like(h)
         return (docmem_apply(params, h, key, self.c).astype(jnp.float32) - h.astype(jnp.float32)).astype(h.dtype)

@@ -27,7 +27,7 @@ from sycojax.methods.hyperlora.generator import init_generator, set_reader_norm,
 from sycojax.methods.hyperlora.loss import make_loss_fn, row_topk_kl
 from sycojax.methods.hyperlora.spec import HyperConfig, HyperError
 from sycojax.methods.hyperlora.use import GENERATOR, save_generator
-from sycojax.methods.shared import fixed_batches, lora_targets, refuse_occupied_workdir
+from sycojax.methods.shared import accumulate_cost, fixed_batches, lora_targets, refuse_occupied_workdir
 from sycojax.train import ArrayIterator, train
 
 REPORT = "report.json"
@@ -242,23 +242,6 @@ def train_run(c: ml_collections.ConfigDict, *, resume: bool = False, overwrite: 
             outputs["results_png"] = str(Path(c.results_png).resolve())
     results["outputs"] = outputs
     return results
-
-
-COST = "cost.json"
-
-
-def accumulate_cost(workdir: Path, timings: dict) -> dict:
-    """The seconds of every invocation on `workdir` summed per phase (data, train, test_eval, optimised, total), so
-    a run finished by `--resume` still reports what it cost; kept in `<workdir>/cost.json`."""
-    path = workdir / COST
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    runs = int(old.pop("invocations", 0)) + 1
-    now = {"data_s": sum(v for k, v in timings.get("data", {}).items() if k.endswith("_s") and "per" not in k)}
-    now.update({k: v for k, v in timings.items() if k != "data"})
-    cost = {k: round(float(old.get(k, 0.0)) + float(now.get(k, 0.0)), 1) for k in sorted({*old, *now})}
-    cost["invocations"] = runs
-    path.write_text(json.dumps(cost, indent=1))
-    return cost
 
 
 def met(m: dict, subset: dict | None = None) -> dict:
