@@ -89,10 +89,10 @@ def plots(out: dict, dist, png_scaling: Path, png_gates: Path) -> None:
     a.set(xscale="log", xlabel="documents", ylabel="ROUGE-L F of 32 recalled tokens", ylim=(0, 1.05),
           title="recall vs number of documents")
     a.legend()
-    b.plot(n, [r["train_s"] / 60 for r in runs], "o-", label="training minutes")
+    b.plot(n, [(r["train_s"] or 0) / 60 for r in runs], "o-", label="training minutes")
     b.set(xscale="log", xlabel="documents", ylabel="minutes (2 CPU cores)", title="cost per point")
     b2 = b.twinx()
-    b2.plot(n, [r["peak_rss_gb"] for r in runs], "s--", color="tab:red", label="peak RSS (GB)")
+    b2.plot(n, [r["peak_rss_gb"] or 0 for r in runs], "s--", color="tab:red", label="peak RSS (GB)")
     b2.set_ylabel("peak RSS, GB")
     b.legend(loc="upper left"), b2.legend(loc="lower right")
     fig.tight_layout()

@@ -189,16 +189,25 @@ def test_cached_training_step_and_greedy_decoding_with_the_module(tiny_llama):
         assert got[r].tolist() == seq[len(pr) :]
 
 
-def test_chunked_rows_and_sampled_negatives_equal_the_window_forward(tiny_llama):
-    """On the last block the training rows are re-cut into chunks of one document's positions: their token-mean
-    NLL equals the full forward's with the hook; sampled positions give those positions' logits; a hook below
-    the last block runs the blocks above (equal to the hooked forward) and refuses chunking."""
+TINY_NEOX = dict(arch="gpt_neox", vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
+                 num_kv_heads=4, head_dim=8, max_position_embeddings=64, rotary_dim=4, use_parallel_residual=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_chunked_rows_and_sampled_negatives_equal_the_window_forward(tiny_llama, arch):
+    """LLaMA and GPT-NeoX. On the last block the training rows are re-cut into chunks of one document's
+    positions: their token-mean NLL equals the full forward's with the hook; sampled positions give those
+    positions' logits; a hook below the last block runs the blocks above (equal to the hooked forward) and
+    refuses chunking."""
     from sycojax.masks import causal_padding, positions_from_valid  # noqa: PLC0415
     from sycojax.methods.docmem import DocMemHook  # noqa: PLC0415
     from sycojax.methods.docmem import loss as Lo  # noqa: PLC0415
-    from sycojax.models import BlockModules, Module, forward  # noqa: PLC0415
+    from sycojax.models import BlockModules, ModelConfig, Module, forward, init_params  # noqa: PLC0415
 
     cfg, params = tiny_llama
+    if arch == "gpt_neox":
+        cfg = ModelConfig(**TINY_NEOX)
+        params = init_params(cfg, jax.random.key(0), std=0.1)
     c = DocMemConfig(d_model=cfg.hidden_size, memory_units=16, key_dim=2, gate="topk", top_k=4)
     p = init_docmem(jax.random.key(0), c)
     p["lmm"]["w"] = p["lmm"]["w"] * 3.0  # a visible increment
