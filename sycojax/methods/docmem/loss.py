@@ -51,11 +51,17 @@ def window_nll(params, module_params, c: DocMemConfig, cfg: ModelConfig, layer: 
     return row_nll(logits[:, :-1], tokens[:, 1:], weights[:, 1:])
 
 
+def sample_positions(rng, weights, n: int):
+    """`(B, min(n, T))` position indices per row, drawn uniformly without replacement from those with weight
+    (a row with fewer fills up with weight-0 positions)."""
+    scores = jnp.where(weights > 0, jax.random.uniform(rng, weights.shape), -1.0)
+    return jax.lax.top_k(scores, min(n, weights.shape[1]))[1]
+
+
 def sampled_nll(params, module_params, c, cfg, layer, h, tokens, weights, key, rng, n: int):
     """Mean next-token NLL over `n` target positions per row drawn uniformly from those with weight."""
     target_w = weights[:, 1:]
-    scores = jnp.where(target_w > 0, jax.random.uniform(rng, target_w.shape), -1.0)
-    _, at = jax.lax.top_k(scores, min(n, target_w.shape[1]))
+    at = sample_positions(rng, target_w, n)
     w = jnp.take_along_axis(target_w, at, axis=1)
     logits = tail_logits(params, module_params, c, cfg, layer, h, None, key, at=at)
     labels = jnp.take_along_axis(tokens[:, 1:], at, axis=1)
@@ -97,8 +103,7 @@ def make_loss_fn(cfg: ModelConfig, c: DocMemConfig, layer: int, *, negative: str
         ce_pos = chunk_nll(base, trainable, c, cfg, h, labels, w, keys[batch["doc"]])
         neg = negative_keys(key_rng, keys, batch["doc"], negative)
         if sample:
-            scores = jnp.where(w > 0, jax.random.uniform(pos_rng, w.shape), -1.0)
-            _, at = jax.lax.top_k(scores, min(neg_positions, w.shape[1]))
+            at = sample_positions(pos_rng, w, neg_positions)
             pick = lambda x: jnp.take_along_axis(x, at if x.ndim == 2 else at[:, :, None], axis=1)  # noqa: E731
             ce_neg = chunk_nll(base, trainable, c, cfg, pick(h), pick(labels), pick(w), neg)
         else:
