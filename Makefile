@@ -35,7 +35,14 @@ test-fast: setup
 chat: setup
 	$(BIN)/python launch/chat.py --adapter=checkpoints/demo
 
-bench: setup
+# The llama.cpp peer needs llama-cpp-python, which builds llama.cpp from source the first time (~8 min here;
+# pip caches the wheel). If it cannot install, the bench still runs and its llama.cpp rows say why.
+BENCH_STAMP := $(VENV)/.sycojax-bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[test,data,bench]' || echo "llama-cpp-python did not install: the bench's llama.cpp rows will say so"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(BIN)/python launch/bench.py --json=results/bench.json
 
 clean-cache:

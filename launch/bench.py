@@ -29,12 +29,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from absl import app, flags
 
 from sycojax.bench import runner
-from sycojax.bench.jobs import JOBS, SIDES
+from sycojax.bench.jobs import ALL_SIDES, JOBS
 
 _JOBS = flags.DEFINE_list("jobs", list(JOBS), f"jobs to run, in order; known: {', '.join(JOBS)}")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per side (after warm-up); min and median are reported")
 _JSON = flags.DEFINE_string("json", None, "write the rows (and run metadata) to this JSON file")
-_SIDES = flags.DEFINE_list("sides", list(SIDES), "which implementations to run (jax, torch)")
+_SIDES = flags.DEFINE_list("sides", list(ALL_SIDES),
+                           "which implementations to run, where a job has them: jax (ours), torch (eager), "
+                           "torch_compile, hf_static_compile, llama_cpp_f32, llama_cpp_q8_0, jax_int8 (ours, int8 "
+                           "weights; decode rows)")
+_COMPILE_MODE = flags.DEFINE_enum("torch_compile_mode", "default",
+                                  ["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"],
+                                  "torch.compile mode of the torch_compile and hf_static_compile peers")
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"],
                             "where both sides run: cpu (the default), or gpu (JAX on CUDA, PyTorch on cuda:0; "
                             "fp32 at full precision on both; the %peak columns are then MFU against the GPU's "
@@ -48,9 +54,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if _REPEATS.value < 1:
         raise app.UsageError("--repeats must be >= 1")
-    bad = [s for s in _SIDES.value if s not in SIDES]
+    bad = [s for s in _SIDES.value if s not in ALL_SIDES]
     if bad:
-        raise app.UsageError(f"unknown side(s) {bad}; choose from {', '.join(SIDES)}")
+        raise app.UsageError(f"unknown side(s) {bad}; choose from {', '.join(ALL_SIDES)}")
     if _DEVICE.value == "gpu":  # before the parent's first JAX use (the consolidate_e2e teacher replies)
         from sycojax.bench.hardware import jax_platform, setup_jax
 
@@ -74,10 +80,13 @@ def main(argv: list[str]) -> None:
 
     try:
         out = runner.run_jobs(_JOBS.value, _REPEATS.value, _SIDES.value, log=lambda s: print(s, flush=True),
-                             timeout_s=_TIMEOUT.value, device=_DEVICE.value, on_row=write_json)
+                             timeout_s=_TIMEOUT.value, device=_DEVICE.value, on_row=write_json,
+                             torch_compile_mode=_COMPILE_MODE.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     print()
+    print(runner.format_peer_table(out["rows"], out["meta"]))
+    print("\ndetail (ours against eager PyTorch):")
     print(runner.format_table(out["rows"]))
     m = out["meta"]
     print(f"\n{m['device']}: fp32 matmul peak: JAX {m['jax_peak_gflops']:.1f} GFLOP/s "

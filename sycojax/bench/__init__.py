@@ -25,6 +25,13 @@ pass over shared teacher responses, training, held-out KL); PyTorch runs first, 
 held-out KL is the target; our time is the wall time to reach it (steps taken, KLs and target in
 the row's `extra`; no tok/s or %peak for this row).
 
+Peers (issue 25): each job also lists the stronger baselines that apply to it (`Job.peers`), run in
+the same way, each in its own process: `torch_compile` (forward, train steps, consolidate_e2e),
+`hf_static_compile` (generation), `llama_cpp_f32` / `llama_cpp_q8_0` (batch-1 decode; `llama_cpp.py`
+writes the GGUFs from our converted weights) and our `jax_int8` decode. A row gains `peers` (seconds,
+or why a peer could not run), `best_peer_ratio` (fastest peer / ours), `int8`, `first_call_s`
+(compilation apart) and `recompiles` (ours, in the timed runs); `format_peer_table` prints them.
+
 Adding a row: one function in `jobs.py`,
 
     @job("forward", tokens=lambda inp: ..., flops=lambda cfg, inp: ...)

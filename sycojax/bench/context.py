@@ -63,6 +63,7 @@ class Context:
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
     prior: dict[str, dict] = dataclasses.field(default_factory=dict)
     device: str = "cpu"  # "cpu" or "gpu" (`hardware.DEVICES`): where both sides run
+    torch_compile_mode: str = "default"  # the torch_compile peer's `torch.compile(mode=...)`
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -71,7 +72,7 @@ class Context:
     def from_json(cls, s: str) -> Context:
         d = json.loads(s)
         return cls(d["model"], d["hf_dir"], Inputs(**d["inputs"]), d["threads"], d.get("shared", {}),
-                   d.get("prior", {}), d.get("device", "cpu"))
+                   d.get("prior", {}), d.get("device", "cpu"), d.get("torch_compile_mode", "default"))
 
     @functools.cached_property
     def jax_model(self) -> tuple[Any, dict]:

@@ -90,10 +90,14 @@ def device_peak_mb(side: str, device: str) -> float | None:
     """Peak GPU memory in use by this process (MiB), None on CPU."""
     if device != "gpu":
         return None
-    if side == "torch":
+    from sycojax.bench.jobs import framework
+
+    if framework(side) == "torch":
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
+    if framework(side) != "jax":
+        return None
     import jax
 
     stats = jax.local_devices()[0].memory_stats() or {}

@@ -4,7 +4,11 @@
     def forward(side: str, ctx: Context) -> Workload: ...
 
 `side` is `"jax"` (ours) or `"torch"` (the PyTorch reference written plainly, the way the upstream
-projects do: transformers, PEFT, `loss.backward(); opt.step()`). The function returns a
+projects do: transformers, PEFT, `loss.backward(); opt.step()`), or one of the job's `peers`: the
+stronger baselines a researcher would reach for (`torch_compile`: the same PyTorch code under
+`torch.compile`; `hf_static_compile`: transformers' generate with a static cache, compiled;
+`llama_cpp_f32` / `llama_cpp_q8_0`: llama.cpp on GGUFs of our weights) and `jax_int8` (ours with
+weight-only int8). The function returns a
 `Workload`: `run()` does one repetition (the timer blocks on its result) and `check(result)`
 turns the last result into a small JSON value that the parent compares across sides (argmax
 tokens, generated tokens, losses), so a speed-up that changed the answer shows in the table;
@@ -29,7 +33,23 @@ from typing import Any
 from sycojax.bench.context import Context, Inputs
 
 JAX, TORCH = "jax", "torch"
-SIDES = (JAX, TORCH)
+SIDES = (JAX, TORCH)  # ours and the eager PyTorch reference: every job has both
+# The stronger peers, and our int8 decode; a job lists those that apply to it (`Job.peers`).
+TORCH_COMPILE = "torch_compile"  # the PyTorch side under torch.compile (inductor; `Context.torch_compile_mode`)
+HF_STATIC = "hf_static_compile"  # transformers' generate with a static KV cache and its forward compiled
+LLAMA_F32, LLAMA_Q8 = "llama_cpp_f32", "llama_cpp_q8_0"  # llama.cpp (llama-cpp-python) on GGUFs of our weights
+JAX_INT8 = "jax_int8"  # ours with weight-only int8 (`sycojax.models.quant`): the row's `int8`, not a peer
+PEERS = (TORCH_COMPILE, HF_STATIC, LLAMA_F32, LLAMA_Q8)
+ALL_SIDES = (*SIDES, *PEERS, JAX_INT8)
+# a row's `peers` names the eager side torch_eager (the JSON field of its time stays `torch_s`)
+PEER_KEY = {TORCH: "torch_eager", **{p: p for p in PEERS}}
+
+
+def framework(side: str) -> str:
+    """Which runtime a side's worker imports: "jax", "torch" or "llama_cpp" (never two of them)."""
+    if side not in ALL_SIDES:
+        raise ValueError(f"unknown side {side!r}; known: {', '.join(ALL_SIDES)}")
+    return "jax" if side.startswith("jax") else "llama_cpp" if side.startswith("llama_cpp") else "torch"
 
 
 @dataclasses.dataclass
@@ -51,22 +71,33 @@ class Job:
     prepare: Callable[[str], Any] | None = None  # model name -> JSON inputs computed once by the parent (ctx.shared)
     order: tuple[str, ...] | None = None  # sides in this order (later ones see ctx.prior); None: as requested
     bytes: Callable[[Any, Inputs], float] | None = None  # (cfg, inputs) -> lower bound on bytes read; None: no floor
+    peers: tuple[str, ...] = ()  # the sides beyond SIDES that run this job (PEERS, JAX_INT8)
+    prepare_sides: tuple[str, ...] = ALL_SIDES  # `prepare` runs only when one of these sides is asked for
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return (*SIDES, *self.peers)
 
 
 JOBS: dict[str, Job] = {}
 
 
 def job(name: str, *, tokens, flops, compare: str = "agree", prepare=None, order: tuple[str, ...] | None = None,
-        bytes=None):
-    """Register `fn(side, ctx) -> Workload` as the benchmark row `name`."""
-    if order is not None and sorted(order) != sorted(SIDES):
-        raise ValueError(f"job {name!r}: order must list each of {SIDES} once, got {order}")
+        bytes=None, peers: tuple[str, ...] = (), prepare_sides: tuple[str, ...] = ALL_SIDES):
+    """Register `fn(side, ctx) -> Workload` as the benchmark row `name`; `fn` builds every side in
+    `SIDES + peers`."""
+    unknown = [p for p in peers if p not in ALL_SIDES or p in SIDES]
+    if unknown:
+        raise ValueError(f"job {name!r}: unknown peer(s) {unknown}; known: {', '.join(PEERS + (JAX_INT8,))}")
+    if order is not None and sorted(order) != sorted((*SIDES, *peers)):
+        raise ValueError(f"job {name!r}: order must list each of {(*SIDES, *peers)} once, got {order}")
 
     def deco(fn):
         if name in JOBS:
             raise ValueError(f"benchmark job {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0]
-        JOBS[name] = Job(name, fn, tokens, flops, compare, doc, prepare, tuple(order) if order else None, bytes)
+        JOBS[name] = Job(name, fn, tokens, flops, compare, doc, prepare, tuple(order) if order else None, bytes,
+                         tuple(peers), tuple(prepare_sides))
         return fn
 
     return deco
@@ -78,11 +109,22 @@ def _flops():  # imported lazily: flops.py needs the model config (JAX), only th
     return flops
 
 
+def _compiled(side: str, ctx: Context, fn):
+    """`fn` under `torch.compile` (inductor, `ctx.torch_compile_mode`) for the torch_compile peer; as is for eager
+    PyTorch. Inductor compiles at the first call: the worker's warm-up (its `first_s`)."""
+    if side != TORCH_COMPILE:
+        return fn
+    import torch
+
+    return torch.compile(fn, mode=None if ctx.torch_compile_mode == "default" else ctx.torch_compile_mode)
+
+
 # ============================================================================= forward
 FWD_B, FWD_T = 4, 256
 
 
-@job("forward", tokens=lambda inp: FWD_B * FWD_T, flops=lambda cfg, inp: _flops().forward_flops(cfg, FWD_B, FWD_T))
+@job("forward", tokens=lambda inp: FWD_B * FWD_T, flops=lambda cfg, inp: _flops().forward_flops(cfg, FWD_B, FWD_T),
+     peers=(TORCH_COMPILE,))
 def forward(side: str, ctx: Context) -> Workload:
     """Forward pass, B=4 × T=256, full-vocabulary logits, no cache."""
     rows = ctx.inputs.forward_rows[:FWD_B]
@@ -109,10 +151,11 @@ def forward(side: str, ctx: Context) -> Workload:
 
     model = ctx.hf_model
     tokens = torch.tensor(rows, dtype=torch.long, device=model.device)
+    call = _compiled(side, ctx, model)
 
     def run():
         with torch.inference_mode():
-            return model(input_ids=tokens).logits
+            return call(input_ids=tokens).logits
 
     return Workload(run, check=lambda lg: lg.argmax(-1).ravel().tolist())
 
@@ -134,15 +177,21 @@ def _generate_job(batch: int):
     def build(side: str, ctx: Context) -> Workload:
         prompts = ctx.inputs.prompts[:batch]
         pad = ctx.inputs.pad_id
-        if side == JAX:
+        if side in (JAX, JAX_INT8):
             from sycojax.infer.generate import generate
 
             cfg, params = ctx.jax_model
+            if side == JAX_INT8:
+                from sycojax.models.quant import quantize_int8
+
+                params = quantize_int8(params, cfg)
             # eos_ids=[]: every row generates all NEW_TOKENS (no early stop), as on the PyTorch side
             return Workload(
                 lambda: generate(params, cfg, prompts, max_new_tokens=NEW_TOKENS, eos_ids=[], pad_id=pad),
                 check=lambda g: [t for row in g.tokens.tolist() for t in row],
             )
+        if side in (LLAMA_F32, LLAMA_Q8):
+            return _llama_cpp_generate(side, ctx, prompts)
 
         import torch
 
@@ -155,12 +204,19 @@ def _generate_job(batch: int):
         # no EOS at all: HF generates exactly NEW_TOKENS per row, greedy, like eos_ids=[] on our side
         model.generation_config.eos_token_id = None
         model.generation_config.pad_token_id = pad
+        static = {}
+        if side == HF_STATIC:  # the static cache and transformers' own compile of the forward (CPU included)
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig(mode=ctx.torch_compile_mode)
+            compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+            static = {"cache_implementation": "static", "compile_config": compile_config}
 
         def run():
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=ids, attention_mask=attn, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                    do_sample=False,
+                    do_sample=False, **static,
                 )
             if out.shape[1] != n + NEW_TOKENS:
                 raise RuntimeError(f"transformers generated {out.shape[1] - n} tokens, expected {NEW_TOKENS}")
@@ -169,7 +225,43 @@ def _generate_job(batch: int):
         return Workload(run, check=lambda out: out.ravel().tolist())
 
     build.__doc__ = f"Greedy generation, batch {batch}, {NEW_TOKENS} new tokens (no EOS stop), chat prompts."
-    return job(f"generate_b{batch}", tokens=tokens, flops=flops, bytes=nbytes)(build)
+    # llama.cpp decodes one sequence (batch 1): the GGUFs of our weights are made once, by the parent
+    llama = (LLAMA_F32, LLAMA_Q8) if batch == 1 else ()
+    return job(f"generate_b{batch}", tokens=tokens, flops=flops, bytes=nbytes, peers=(HF_STATIC, *llama, JAX_INT8),
+               prepare=_gguf_prepare if llama else None, prepare_sides=llama)(build)
+
+
+GGUF_KINDS = {LLAMA_F32: "f32", LLAMA_Q8: "q8_0"}
+
+
+def _gguf_prepare(model: str) -> dict:
+    """The parent's `prepare` of the llama.cpp peers: `{kind: path}` of an F32 GGUF written from our converted
+    weights and its Q8_0 (llama.cpp's quantizer), cached; a kind that cannot be made maps to why."""
+    out = {}
+    for kind in GGUF_KINDS.values():
+        try:
+            from sycojax.bench.llama_cpp import gguf_for
+
+            out[kind] = str(gguf_for(model, kind))
+        except Exception as e:  # noqa: BLE001 -- the peer's row says why; ours and the other peers still run
+            out[kind] = f"error: {type(e).__name__}: {e}"
+    return out
+
+
+def _llama_cpp_generate(side: str, ctx: Context, prompts: list[list[int]]) -> Workload:
+    """Greedy decode of the one prompt by llama.cpp, prefill and decode timed apart (`info`)."""
+    from sycojax.bench.llama_cpp import LlamaCppDecoder
+
+    shared = ctx.shared.get(f"generate_b{len(prompts)}") or {}
+    path = shared.get(GGUF_KINDS[side], "error: no GGUF prepared (run through launch/bench.py)")
+    if path.startswith("error: "):
+        raise RuntimeError(path[len("error: "):])
+    decode = LlamaCppDecoder(path, threads=ctx.threads, n_ctx=len(prompts[0]) + NEW_TOKENS + 8)
+
+    def info(r):
+        return {f"{side}_prefill_tok_s": r["prefill_tok_s"], f"{side}_decode_tok_s": r["decode_tok_s"]}
+
+    return Workload(lambda: decode(prompts[0], NEW_TOKENS), check=lambda r: list(r["tokens"]), info=info)
 
 
 generate_b1 = _generate_job(1)
@@ -253,7 +345,7 @@ def _jax_train_workload(ctx: Context, kind: str) -> Workload:
     return Workload(run, check=lambda loss: [loss0] if kind == "lora" else [loss0, float(loss)])
 
 
-def _torch_train_workload(ctx: Context, kind: str) -> Workload:
+def _torch_train_workload(ctx: Context, kind: str, side: str = TORCH) -> Workload:
     import torch
     import torch.nn.functional as F
 
@@ -289,14 +381,15 @@ def _torch_train_workload(ctx: Context, kind: str) -> Workload:
         e = torch.where(is_mem[..., None], memory[(ids - vocab).clamp(0, N_MEMORY - 1)], e)
         return model(inputs_embeds=e).logits
 
-    def loss_fn():
+    def kl():
         log_s = F.log_softmax(logits().float(), dim=-1)
         log_p = F.log_softmax(teacher, dim=-1)  # per step, as our token_kl does
         return F.kl_div(log_s, log_p, log_target=True, reduction="none").sum(-1).mean()
 
+    loss_fn = _compiled(side, ctx, kl)  # torch_compile: the forward and the loss in one graph, its backward too
     opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
     with torch.no_grad():
-        loss0 = float(loss_fn())
+        loss0 = float(kl())  # eager: the compiled graph is for the training step (grad mode)
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -315,10 +408,11 @@ def _train_job(kind: str, doc: str):
         return f.train_flops(cfg, TRAIN_B, TRAIN_T, base_trains=kind == "full", adapter_params=adapter)
 
     def build(side: str, ctx: Context) -> Workload:
-        return _jax_train_workload(ctx, kind) if side == JAX else _torch_train_workload(ctx, kind)
+        return _jax_train_workload(ctx, kind) if side == JAX else _torch_train_workload(ctx, kind, side)
 
     build.__doc__ = doc
-    return job(f"{kind}_step", tokens=lambda inp: TRAIN_B * TRAIN_T, flops=flops, compare="close")(build)
+    return job(f"{kind}_step", tokens=lambda inp: TRAIN_B * TRAIN_T, flops=flops, compare="close",
+               peers=(TORCH_COMPILE,))(build)
 
 
 lora_step = _train_job("lora", "LoRA train step (r=8, α=16, all linear layers), B=4 × T=256, KL to fixed logits, "
@@ -526,7 +620,7 @@ def _jax_consolidate(ctx: Context, data: dict) -> Workload:
     return Workload(run, check=lambda r: [kl_before], info=info)
 
 
-def _torch_consolidate(ctx: Context, data: dict) -> Workload:
+def _torch_consolidate(ctx: Context, data: dict, side: str = TORCH) -> Workload:
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
@@ -564,7 +658,7 @@ def _torch_consolidate(ctx: Context, data: dict) -> Workload:
     eval_teacher = batches([prefix + x for x in ev["teacher_suffix"]], ev["responses"])
     eval_student = batches(ev["student"], ev["responses"])
 
-    def log_probs(batch):
+    def response_log_probs(batch):
         ids, mask, pos, _ = batch
         logits = model(input_ids=ids, attention_mask=mask).logits
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
@@ -574,17 +668,22 @@ def _torch_consolidate(ctx: Context, data: dict) -> Workload:
     def kl_sum(student_lp, teacher_lp, w):  # Σ over response tokens of KL(teacher ‖ student)
         return ((teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1) * w).sum()
 
-    def teacher(bs):
-        with torch.no_grad(), model.disable_adapter():
-            return [log_probs(x) for x in bs]
+    # torch_compile: the forward with the log-softmax at the response positions, one graph (its backward too); a
+    # new batch length, the adapter switched off (teacher) or eval mode recompile in the warm-up run
+    log_probs = _compiled(side, ctx, response_log_probs)
 
-    def held_out_kl(teacher_eval) -> float:
+    def teacher(bs, lp=log_probs):
+        with torch.no_grad(), model.disable_adapter():
+            return [lp(x) for x in bs]
+
+    def held_out_kl(teacher_eval, lp=log_probs) -> float:
         model.eval()
         with torch.no_grad():
-            tot = sum(kl_sum(log_probs(x), t, x[3]) for x, t in zip(eval_student, teacher_eval))
+            tot = sum(kl_sum(lp(x), t, x[3]) for x, t in zip(eval_student, teacher_eval))
         return float(tot / sum(x[3].sum() for x in eval_student))
 
-    kl_before = held_out_kl(teacher(eval_teacher))  # setup, untimed: B = 0, the base model without the context
+    # setup, untimed: B = 0, the base model without the context (eager: compilation belongs to the first run)
+    kl_before = held_out_kl(teacher(eval_teacher, response_log_probs), response_log_probs)
 
     def run():
         with torch.no_grad():
@@ -605,18 +704,19 @@ def _torch_consolidate(ctx: Context, data: dict) -> Workload:
             opt.step()
         return {"kl": held_out_kl(teacher_eval), "loss": loss.item(), "steps": steps}
 
-    def info(r):
-        return {"torch_steps": r["steps"], "torch_kl": r["kl"], "torch_final_loss": r["loss"],
-                "torch_kl_before": kl_before}
+    def info(r):  # torch_* for eager PyTorch (the KL target ours must reach), torch_compile_* for the compiled peer
+        return {f"{side}_steps": r["steps"], f"{side}_kl": r["kl"], f"{side}_final_loss": r["loss"],
+                f"{side}_kl_before": kl_before}
 
     return Workload(run, check=lambda r: [kl_before], info=info)
 
 
-@job(E2E, tokens=None, flops=None, compare="close", prepare=_consolidate_prepare, order=(TORCH, JAX))
+@job(E2E, tokens=None, flops=None, compare="close", prepare=_consolidate_prepare, order=(TORCH, TORCH_COMPILE, JAX),
+     peers=(TORCH_COMPILE,))
 def consolidate_e2e(side: str, ctx: Context) -> Workload:
     """Pirate persona → LoRA end to end (teacher pass, training, held-out KL) to PyTorch's 10-step KL."""
     data = ctx.shared.get(E2E)
     if data is None:
         raise RuntimeError(f"{E2E} needs the teacher data its `prepare` makes in the parent (ctx.shared[{E2E!r}]); "
                            "run it through launch/bench.py or runner.run_jobs")
-    return _jax_consolidate(ctx, data) if side == JAX else _torch_consolidate(ctx, data)
+    return _jax_consolidate(ctx, data) if side == JAX else _torch_consolidate(ctx, data, side)

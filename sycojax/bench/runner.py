@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from sycojax.bench.context import MODEL, Context, Inputs, export_for_torch
 from sycojax.bench.hardware import check_device, cpu_count, jax_platform
-from sycojax.bench.jobs import JAX, JOBS, TORCH
+from sycojax.bench.jobs import ALL_SIDES, JAX, JAX_INT8, JOBS, LLAMA_Q8, PEER_KEY, TORCH
 from sycojax.bench.worker import RESULT_MARK
 
 
@@ -64,27 +64,38 @@ class Row:
     torch_bw_share: float | None = None
     gpu_peak_mb: float | None = None  # device="gpu": peak GPU memory in use by each side's worker
     torch_gpu_peak_mb: float | None = None
-    extra: dict | None = None  # the job's named figures (`Workload.info`) from both sides
+    extra: dict | None = None  # the job's named figures (`Workload.info`) from every side
     error: str | None = None
+    # the peers (`jobs.PEER_KEY` names: torch_eager, torch_compile, hf_static_compile, llama_cpp_f32, llama_cpp_q8_0)
+    # that apply to this job: min seconds of one repetition, or why that peer could not run
+    peers: dict | None = None
+    best_peer_ratio: float | None = None  # fastest peer's seconds / ours (> 1: ours is faster than every peer)
+    best_peer: str | None = None
+    int8: float | None = None  # decode rows: min seconds of ours with weight-only int8 (`jobs.JAX_INT8`)
+    int8_ratio_q8_0: float | None = None  # llama.cpp Q8_0 seconds / our int8 seconds
+    peer_agree: dict | None = None  # each peer's (and int8's) check values against ours: share equal / close
+    first_call_s: dict | None = None  # each side's first (warm-up) call: compilation + one run, apart from `*_s`
+    recompiles: int | None = None  # XLA compilations during our timed runs (0: the warm-up compiled everything)
 
 
 def prepare(
-    model: str = MODEL, threads: int | None = None, names: Sequence[str] = (), device: str = "cpu"
+    model: str = MODEL, threads: int | None = None, names: Sequence[str] = (), device: str = "cpu",
+    sides: Sequence[str] = ALL_SIDES, torch_compile_mode: str = "default",
 ) -> tuple[Context, object]:
     """Shared inputs + the HF export for the PyTorch side + the own inputs (`Job.prepare`) of the jobs
-    `names`; returns the worker context and the config."""
+    `names` whose `prepare_sides` are among `sides`; returns the worker context and the config."""
     from sycojax.models.loading import load_model
 
     cfg = load_model(model)[0]
     shared = {}
     for n in names:
-        if JOBS[n].prepare is not None:
+        if JOBS[n].prepare is not None and any(s in sides for s in JOBS[n].prepare_sides):
             try:
                 shared[n] = JOBS[n].prepare(model)
             except Exception as e:  # fails before anything is timed: say which job, keep the cause
                 raise RuntimeError(f"preparing the inputs of job {n!r} failed: {e}") from e
     return Context(model, str(export_for_torch(model)), Inputs.build(model), threads or cpu_count(), shared,
-                   device=device), cfg
+                   device=device, torch_compile_mode=torch_compile_mode), cfg
 
 
 def _env(device: str) -> dict:
@@ -134,8 +145,10 @@ _ROW_FIELDS = {
 }
 
 
-def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, ...]]) -> Row:
-    """`peaks[side] = (FLOP/s, FLOP per CPU-second, read bytes/s)` of that side's matmul and memory read."""
+def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[str, tuple[float, ...]],
+             failed: dict[str, str] | None = None) -> Row:
+    """`peaks[side] = (FLOP/s, FLOP per CPU-second, read bytes/s)` of that side's matmul and memory read;
+    `res[side]` the results of the sides that ran, `failed[side]` why the others did not."""
     job = JOBS[name]
     tokens = job.tokens(inputs) if job.tokens is not None else None
     flop = job.flops(cfg, inputs) if job.flops is not None else None
@@ -145,6 +158,7 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
         row.gbytes = nbytes / 1e9
         row.bw_floor_s = nbytes / max(p[2] for p in peaks.values())
     j, t = res.get(JAX), res.get(TORCH)
+    others = {k: v for k, v in res.items() if k not in (JAX, TORCH)}
     for side, r in ((JAX, j), (TORCH, t)):
         if not r:
             continue
@@ -164,15 +178,52 @@ def make_row(name: str, cfg, inputs: Inputs, res: dict[str, dict], peaks: dict[s
         row.ratio = t["min_s"] / j["min_s"]
         row.cpu_ratio = t["cpu_min_s"] / j["cpu_min_s"]
         row.agree = agreement(j.get("check"), t.get("check"), job.compare)
-    extra = {k: v for side in (t, j) if side for k, v in (side.get("info") or {}).items()}
+    extra = {k: v for side in (t, *others.values(), j) if side for k, v in (side.get("info") or {}).items()}
     row.extra = extra or None
+    add_peers(row, job, res, failed or {})
     return row
 
 
+def add_peers(row: Row, job, res: dict[str, dict], failed: dict[str, str]) -> None:
+    """The peer fields of `row` (`peers`, `best_peer_ratio`, `int8`, ...) from the sides' results `res` and the
+    reasons `failed[side]` of those that could not run."""
+    j = res.get(JAX)
+    peers, agree, first = {}, {}, {}
+    for side in job.sides:
+        r = res.get(side)
+        if r is not None:
+            first[side] = r["first_s"]
+        if side == JAX:
+            continue
+        if side in PEER_KEY and (r is not None or side in failed):
+            peers[PEER_KEY[side]] = r["min_s"] if r is not None else failed[side]
+        if r is not None and j is not None and side != TORCH:  # torch's agreement is the row's `agree`
+            agree[PEER_KEY.get(side, side)] = agreement(j.get("check"), r.get("check"), job.compare)
+    row.peers, row.peer_agree, row.first_call_s = peers or None, agree or None, first or None
+    timed = {k: v for k, v in peers.items() if isinstance(v, float)}
+    if j is not None and timed:
+        row.best_peer = min(timed, key=timed.get)
+        row.best_peer_ratio = timed[row.best_peer] / j["min_s"]
+    if j is not None:
+        row.recompiles = j.get("recompiles")
+    if JAX_INT8 in res:
+        row.int8 = res[JAX_INT8]["min_s"]
+        q8 = peers.get(PEER_KEY[LLAMA_Q8])
+        if isinstance(q8, float):
+            row.int8_ratio_q8_0 = q8 / row.int8
+
+
 def side_order(name: str, sides: Sequence[str]) -> list[str]:
-    """The requested sides of job `name`, in its declared `order` if it has one."""
-    order = JOBS[name].order
-    return list(sides) if order is None else [s for s in order if s in sides]
+    """The requested sides that job `name` has (`Job.sides`), in its declared `order` if it has one."""
+    job = JOBS[name]
+    return [s for s in (job.order or sides) if s in sides and s in job.sides]
+
+
+def peer_failure(side: str, e: Exception) -> str:
+    """One line saying why a side could not run: the last line of its worker's error."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    why = lines[-1] if lines else type(e).__name__
+    return f"could not run: {why[:400]}"
 
 
 def measure_peaks(threads: int, device: str = "cpu") -> dict[str, tuple[float, float, float]]:
@@ -189,7 +240,7 @@ def measure_peaks(threads: int, device: str = "cpu") -> dict[str, tuple[float, f
 
 def run_jobs(
     names: Sequence[str], repeats: int, sides: Sequence[str] = (JAX, TORCH), log=print, timeout_s: float = 1800,
-    device: str = "cpu", on_row=None,
+    device: str = "cpu", on_row=None, torch_compile_mode: str = "default",
 ) -> dict:
     """Run everything on `device` ("cpu" or "gpu"); returns `{"rows": [Row...], "peaks": ..., "meta": ...}`.
 
@@ -201,7 +252,10 @@ def run_jobs(
         raise ValueError(f"unknown job(s) {unknown}; known: {', '.join(JOBS)}")
     check_device(device)
     t0 = time.perf_counter()
-    ctx, cfg = prepare(names=names, device=device)
+    unknown = [s for s in sides if s not in ALL_SIDES]
+    if unknown:
+        raise ValueError(f"unknown side(s) {unknown}; known: {', '.join(ALL_SIDES)}")
+    ctx, cfg = prepare(names=names, device=device, sides=sides, torch_compile_mode=torch_compile_mode)
     log(f"prepared inputs and HF export in {time.perf_counter() - t0:.1f}s ({ctx.hf_dir})")
     peaks = measure_peaks(ctx.threads, device)
     log(f"fp32 matmul peak: JAX {peaks[JAX][0] / 1e9:.1f} GFLOP/s ({peaks[JAX][1] / 1e9:.1f} per CPU-s), "
@@ -212,7 +266,8 @@ def run_jobs(
     def result(complete: bool) -> dict:
         meta = {
             "model": ctx.model, "device": device, "device_name": device_name, "threads": ctx.threads,
-            "repeats": repeats, "total_s": time.perf_counter() - t0, "complete": complete,
+            "repeats": repeats, "total_s": time.perf_counter() - t0, "complete": complete, "sides": list(sides),
+            "torch_compile_mode": torch_compile_mode,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the workers inherit them (sycojax/xla_cpu.py adds one)
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # e.g. glibc.malloc.hugetlb=1 (README)
             "jax_peak_gflops": peaks[JAX][0] / 1e9, "torch_peak_gflops": peaks[TORCH][0] / 1e9,
@@ -223,7 +278,7 @@ def run_jobs(
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            res, err = {}, None
+            res, err, failed = {}, None, {}
             for side in side_order(name, sides):
                 spec = os.path.join(tmp, f"spec-{name}-{side}.json")
                 with open(spec, "w") as f:  # with the results of this job's earlier sides (ctx.prior)
@@ -232,7 +287,9 @@ def run_jobs(
                 try:
                     res[side] = run_side(spec, name, side, repeats, timeout_s, device)
                 except Exception as e:  # noqa: BLE001 -- one failing side must not lose the other rows
-                    err = f"{side}: {e}"
+                    if side in (JAX, JAX_INT8, TORCH):  # ours, or the reference every row has: the run fails
+                        err = f"{side}: {e}" if err is None else f"{err}; {side}: {e}"
+                    failed[side] = peer_failure(side, e)  # a peer that cannot run here: its row says why
                     log(f"  {name}/{side} FAILED: {e}")
                     continue
                 r = res[side]
@@ -241,7 +298,7 @@ def run_jobs(
                     f"worker {time.perf_counter() - ts:.0f}s)")
                 if r.get("info"):
                     log(f"    {format_extra(r['info'])}")
-            row = make_row(name, cfg, ctx.inputs, res, peaks)
+            row = make_row(name, cfg, ctx.inputs, res, peaks, failed)
             row.error = err
             rows.append(row)
             if on_row is not None and len(rows) < len(names):
@@ -293,6 +350,44 @@ def format_table(rows: Sequence[Row]) -> str:
               + (f"; the fastest possible ratio vs PyTorch is {r.torch_s / r.bw_floor_s:.2f}x" if r.torch_s else "")
               for r in rows if r.bw_floor_s]
     return "\n".join(out + ([""] + notes if notes else []))
+
+
+def format_peer_table(rows: Sequence[Row], meta: dict | None = None) -> str:
+    """The headline table: each job's seconds for ours and every peer, the ratio to the fastest peer, and ours as a
+    share of the machine's measured peak (matmul FLOP/s; read bandwidth for the decode rows), then the first calls
+    (compilation) apart."""
+    def f(x, fmt=".3f"):
+        return "-" if x is None else x if isinstance(x, str) else format(x, fmt)
+
+    keys = [k for k in PEER_KEY.values() if any(r.peers and k in r.peers for r in rows)]
+    head = ("job", "ours s", "int8 s", *keys, "best peer", "vs best", "ours %peak")
+    lines, why = [head], []
+    for r in rows:
+        peers = r.peers or {}
+        cells = []
+        for k in keys:
+            v = peers.get(k)
+            if isinstance(v, str):
+                why.append(f"{r.name}/{k}: {v}")
+                v = "n/a"
+            cells.append(f(v))
+        share = (f"{100 * r.bw_share:.0f} bw" if r.bw_share is not None
+                 else f"{100 * r.flops_share:.0f} mm" if r.flops_share is not None else "-")
+        lines.append((r.name, f(r.jax_s), f(r.int8), *cells, r.best_peer or "-",
+                      f(r.best_peer_ratio, ".2f") + ("x" if r.best_peer_ratio else ""), share))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    first = [f"{r.name}: " + ", ".join(f"{PEER_KEY.get(k, k)} {v:.1f}" for k, v in r.first_call_s.items())
+             + ("" if r.recompiles is None else f"; ours recompiled {r.recompiles}x in the timed runs")
+             for r in rows if r.first_call_s]
+    notes = ["vs best = fastest peer's seconds / ours (> 1: ours is faster); %peak: model FLOP/s over the measured "
+             "fp32 matmul peak (mm) or the bandwidth floor over ours (bw)"]
+    if meta:
+        notes.append(f"torch.compile mode: {meta.get('torch_compile_mode', 'default')}")
+    return "\n".join(out + [""] + notes + (["", "first call (s): compilation + one run, apart from the times above:"]
+                                          + first if first else []) + (["", "peers that could not run:"] + why
+                                                                        if why else []))
 
 
 def format_extra(extra: dict) -> str:

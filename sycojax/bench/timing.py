@@ -44,9 +44,11 @@ def block(x: Any) -> Any:
 
 
 def time_fn(
-    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, sync: Callable[[Any], Any] = block
+    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, sync: Callable[[Any], Any] = block,
+    on_warm: Callable[[], Any] | None = None,
 ) -> Timing:
-    """Call `fn` `warmup` times untimed, then `repeats` times timed; `sync(result)` ends each timed run."""
+    """Call `fn` `warmup` times untimed, then `repeats` times timed; `sync(result)` ends each timed run;
+    `on_warm()` runs between the two."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     first = 0.0
@@ -55,6 +57,8 @@ def time_fn(
         sync(fn())
         if i == 0:
             first = time.perf_counter() - t0
+    if on_warm is not None:
+        on_warm()
     times, cpu = [], []
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()

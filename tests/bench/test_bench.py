@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_bench_forward_jax_side_writes_json(tmp_path):
     (row,) = rows
     assert row["name"] == "forward" and row["jax_s"] > 0 and row["torch_s"] is None
     assert 0 < row["flops_share"] < 2 and row["peak_rss_mb"] > 100 and row["jax_tokens_per_s"] > 0
+    assert row["recompiles"] == 0 and row["first_call_s"]["jax"] > row["jax_s"]  # compiled once, in the warm-up
+    assert row["peers"] is None and row["best_peer_ratio"] is None  # no peer was asked for
     assert "| forward" in proc.stdout
 
 
@@ -155,7 +158,7 @@ def test_run_jobs_hands_over_every_finished_row(monkeypatch):
     from sycojax.bench.context import Context, Inputs
 
     ctx = Context("m", "/x", Inputs([[1]], [[1]], 0, 10), 2)
-    monkeypatch.setattr(runner, "prepare", lambda names, device: (ctx, None))
+    monkeypatch.setattr(runner, "prepare", lambda names, device, **kw: (ctx, None))
     monkeypatch.setattr(runner, "measure_peaks", lambda threads, device: {"jax": (1e9, 1e9, 1e9),
                                                                           "torch": (1e9, 1e9, 1e9)})
     fake = {"min_s": 1.0, "median_s": 1.0, "cpu_min_s": 1.0, "first_s": 1.0, "setup_s": 0.0,
@@ -165,3 +168,91 @@ def test_run_jobs_hands_over_every_finished_row(monkeypatch):
     out = runner.run_jobs(["consolidate_e2e", "consolidate_e2e"], 1, log=lambda s: None,
                           on_row=lambda o: seen.append((len(o["rows"]), o["meta"]["complete"])))
     assert seen == [(1, False), (2, True)] and out["meta"]["complete"] and out["rows"][0].ratio == 1.0
+
+
+def test_each_job_names_its_peers_and_bad_ones_are_refused():
+    from sycojax.bench.jobs import ALL_SIDES, HF_STATIC, JAX_INT8, LLAMA_F32, LLAMA_Q8, TORCH_COMPILE, framework
+
+    assert JOBS["forward"].sides == ("jax", "torch", TORCH_COMPILE)
+    assert all(TORCH_COMPILE in JOBS[n].sides for n in ("lora_step", "memory_step", "full_step", "consolidate_e2e"))
+    assert set(JOBS["generate_b1"].peers) == {HF_STATIC, LLAMA_F32, LLAMA_Q8, JAX_INT8}
+    assert LLAMA_F32 not in JOBS["generate_b8"].peers and JAX_INT8 in JOBS["generate_b8"].peers  # llama.cpp: batch 1
+    assert [framework(s) for s in ALL_SIDES] == ["jax", "torch", "torch", "torch", "llama_cpp", "llama_cpp", "jax"]
+    with pytest.raises(ValueError, match="unknown side 'onnx'"):
+        framework("onnx")
+    with pytest.raises(ValueError, match="unknown peer"):
+        job("x", tokens=None, flops=None, peers=("onnx",))
+    with pytest.raises(ValueError, match="order must list"):
+        job("x", tokens=None, flops=None, peers=(TORCH_COMPILE,), order=("torch", "jax"))
+
+
+def test_peer_fields_best_ratio_int8_and_the_reason_a_peer_could_not_run(monkeypatch):
+    """Every peer of a row in the same run: its seconds (or why it could not run), the fastest one's ratio to ours,
+    int8 beside llama.cpp Q8_0; a peer that fails does not fail the run, ours failing does."""
+    from sycojax.bench import runner
+    from sycojax.bench.context import Context, Inputs
+
+    ctx = Context("m", "/x", Inputs([[1]], [[1]], 0, 10), 2)
+    monkeypatch.setattr(runner, "prepare", lambda names, device, **kw: (ctx, None))
+    monkeypatch.setattr(runner, "measure_peaks", lambda threads, device: {"jax": (1e9, 1e9, 1e9),
+                                                                          "torch": (1e9, 1e9, 1e9)})
+    seconds = {"jax": 2.0, "torch": 6.0, "hf_static_compile": 4.0, "llama_cpp_f32": 2.5, "jax_int8": 1.0}
+
+    def run_side(spec, job, side, repeats, timeout_s=0, device="cpu"):
+        if side == "llama_cpp_q8_0":
+            raise RuntimeError("generate_b1/llama_cpp_q8_0 worker failed (exit 1):\nTraceback\n"
+                               "LlamaCppUnavailable: llama-cpp-python is not installed: pip install llama-cpp-python")
+        t = seconds[side]
+        return {"min_s": t, "median_s": t, "cpu_min_s": t, "first_s": t + 10, "setup_s": 0.0, "peak_rss_mb": 1.0,
+                "check": [1, 2] if side != "llama_cpp_f32" else [1, 3], "info": None,
+                "recompiles": 0 if side.startswith("jax") else None}
+
+    monkeypatch.setattr(runner, "run_side", run_side)
+    monkeypatch.setattr(runner, "make_row", lambda name, cfg, inputs, res, peaks, failed: _row(name, res, failed))
+
+    def _row(name, res, failed):
+        row = Row(name, jax_s=res["jax"]["min_s"], torch_s=res["torch"]["min_s"])
+        runner.add_peers(row, JOBS[name], res, failed)
+        return row
+
+    (row,) = runner.run_jobs(["generate_b1"], 1, sides=list(seconds) + ["llama_cpp_q8_0"], log=lambda s: None)["rows"]
+    assert row.error is None  # a peer that cannot run here is a row entry, not a failed run
+    assert row.peers["torch_eager"] == 6.0 and row.peers["hf_static_compile"] == 4.0
+    assert row.peers["llama_cpp_q8_0"] == ("could not run: LlamaCppUnavailable: llama-cpp-python is not installed: "
+                                           "pip install llama-cpp-python")
+    assert (row.best_peer, row.best_peer_ratio, row.int8, row.int8_ratio_q8_0) == ("llama_cpp_f32", 1.25, 1.0, None)
+    assert row.peer_agree == {"hf_static_compile": 1.0, "llama_cpp_f32": 0.5, "jax_int8": 1.0}
+    assert row.first_call_s["jax"] == 12.0 and row.recompiles == 0
+    table = runner.format_peer_table([row], {"torch_compile_mode": "default"})
+    assert "| 1.25x" in table and "n/a" in table and "generate_b1/llama_cpp_q8_0: could not run" in table
+    assert "ours recompiled 0x" in table
+    json.dumps(dataclasses.asdict(row))
+
+    def ours_fails(spec, job, side, repeats, timeout_s=0, device="cpu"):
+        if side == "jax":
+            raise RuntimeError("boom")
+        return run_side(spec, job, side, repeats)
+
+    monkeypatch.setattr(runner, "run_side", ours_fails)
+    monkeypatch.setattr(runner, "make_row", lambda name, cfg, inputs, res, peaks, failed: Row(name))
+    (row,) = runner.run_jobs(["generate_b1"], 1, sides=["jax", "torch"], log=lambda s: None)["rows"]
+    assert row.error == "jax: boom"
+
+
+@pytest.mark.slow
+def test_torch_compile_peer_runs_the_same_forward_as_eager(tiny_llama, tmp_path):
+    """The torch_compile side is the eager PyTorch job under `torch.compile` (inductor): same argmax tokens."""
+    pytest.importorskip("torch")
+    import jax
+    import numpy as np
+
+    from sycojax.bench.context import Context, Inputs
+    from sycojax.bench.jobs import TORCH, TORCH_COMPILE
+    from sycojax.models.loading import export_hf
+
+    cfg, params = tiny_llama
+    export_hf(jax.tree.map(np.asarray, params), cfg, tmp_path / "hf")
+    rows = np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 256)).tolist()
+    ctx = Context("tiny", str(tmp_path / "hf"), Inputs(rows, [], 0, cfg.vocab_size), 1)
+    eager, compiled = (JOBS["forward"].build(side, ctx) for side in (TORCH, TORCH_COMPILE))
+    assert compiled.check(compiled.run()) == eager.check(eager.run())

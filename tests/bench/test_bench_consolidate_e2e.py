@@ -11,7 +11,7 @@ from support.chat_tokenizer import CharChatTokenizer
 
 from sycojax.bench import jobs, runner
 from sycojax.bench.context import Context, Inputs
-from sycojax.bench.jobs import E2E, JAX, JOBS, TORCH
+from sycojax.bench.jobs import E2E, JAX, JOBS, TORCH, TORCH_COMPILE
 
 CONTEXT = "Always answer like a pirate."
 TRAIN_Q = ["hello there", "two plus two", "name a colour", "tell me a joke"]
@@ -76,7 +76,7 @@ def test_both_sides_run_and_ours_stops_at_the_torch_kl(e2e, ran):
     _, data = e2e
     tw, tr, jw, jr, _ = ran
     job = JOBS[E2E]
-    assert job.order == (TORCH, JAX) and job.tokens is None and job.flops is None and job.doc
+    assert job.order == (TORCH, TORCH_COMPILE, JAX) and job.tokens is None and job.flops is None and job.doc
     t_info, j_info = tw.info(tr), jw.info(jr)
     assert t_info["torch_steps"] == 10 and t_info["torch_kl"] < t_info["torch_kl_before"]  # training helped
     # the held-out KL of the untrained adapter (= base model) is the same number on both sides
@@ -124,7 +124,7 @@ def test_runner_runs_torch_first_hands_over_its_result_and_builds_the_row(monkey
     ctx = Context("tiny", "/nowhere", Inputs([], [], 0, cfg.vocab_size), 1, {E2E: {}})
     calls, prepared = [], []
 
-    def fake_prepare(model=None, threads=None, names=(), device="cpu"):
+    def fake_prepare(model=None, threads=None, names=(), device="cpu", **kwargs):
         prepared.extend(names)
         return ctx, cfg
 
