@@ -109,14 +109,16 @@ def _flops():  # imported lazily: flops.py needs the model config (JAX), only th
     return flops
 
 
-def _compiled(side: str, ctx: Context, fn):
+def _compiled(side: str, ctx: Context, fn, dynamic: bool | None = None):
     """`fn` under `torch.compile` (inductor, `ctx.torch_compile_mode`) for the torch_compile peer; as is for eager
-    PyTorch. Inductor compiles at the first call: the worker's warm-up (its `first_s`)."""
+    PyTorch. Inductor compiles at the first call: the worker's warm-up (its `first_s`). `dynamic=True` for inputs
+    whose lengths vary (one graph for all, rather than one per length and then a dynamic one)."""
     if side != TORCH_COMPILE:
         return fn
     import torch
 
-    return torch.compile(fn, mode=None if ctx.torch_compile_mode == "default" else ctx.torch_compile_mode)
+    return torch.compile(fn, mode=None if ctx.torch_compile_mode == "default" else ctx.torch_compile_mode,
+                         dynamic=dynamic)
 
 
 # ============================================================================= forward
@@ -670,7 +672,7 @@ def _torch_consolidate(ctx: Context, data: dict, side: str = TORCH) -> Workload:
 
     # torch_compile: the forward with the log-softmax at the response positions, one graph (its backward too); a
     # new batch length, the adapter switched off (teacher) or eval mode recompile in the warm-up run
-    log_probs = _compiled(side, ctx, response_log_probs)
+    log_probs = _compiled(side, ctx, response_log_probs, dynamic=True)
 
     def teacher(bs, lp=log_probs):
         with torch.no_grad(), model.disable_adapter():

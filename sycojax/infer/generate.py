@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from sycojax.models import (
-    Adapters, ModelConfig, check_length, forward, init_cache, lm_head_weight, unstack_cache, unstack_layers,
-)
-from sycojax.models.layers import WEIGHT_MAJOR_MAX_ROWS, dot_wt
+from sycojax.models import Adapters, ModelConfig, check_length, forward, init_cache, unstack_cache, unstack_layers
+from sycojax.models.layers import WEIGHT_MAJOR_MAX_ROWS
+from sycojax.models.model import lm_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +104,7 @@ def top_p_cutoff(logits: Float[Array, "b v"], top_p: float) -> Float[Array, "b 1
 
 def _last_logits(params: dict, final_hidden: Array, cfg: ModelConfig, dtype) -> Array:
     """`(B, V)` fp32 logits of the last position: the model's LM head applied to `final_hidden[:, -1]`."""
-    w = lm_head_weight(params, cfg)
-    dtype = dtype or w.dtype  # as the model: compute dtype, else the params' dtype
-    w = w.astype(dtype)
-    rows = final_hidden.shape[0]
-    return dot_wt(final_hidden[:, -1].astype(dtype), w, rows <= WEIGHT_MAJOR_MAX_ROWS).astype(jnp.float32)
+    return lm_head(params, final_hidden[:, -1], cfg, dtype, final_hidden.shape[0] <= WEIGHT_MAJOR_MAX_ROWS)
 
 
 @functools.partial(

@@ -82,22 +82,52 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
 
 
 def embed(params: dict, tokens: Int[Array, "b t"], cfg: ModelConfig, extra: Array | None = None) -> Array:
-    """Token embeddings; ids `>= vocab_size` index the `extra` table (adapter rows)."""
-    table = _get(params, cfg.embed_path)
+    """Token embeddings; ids `>= vocab_size` index the `extra` table (adapter rows). An int8 table (a tied head
+    quantized by `quant.quantize_int8`) is dequantised row by row."""
+    module = _get(params, cfg.embed_path[:-1])
     v = cfg.vocab_size
-    e = jnp.take(table, jnp.clip(tokens, 0, v - 1), axis=0)
+    ids = jnp.clip(tokens, 0, v - 1)
+    e = jnp.take(module["weight"], ids, axis=0)
+    if "weight_scale" in module:
+        e = L.dequantize(e, jnp.take(module["weight_scale"], ids, axis=0))
     if extra is not None:
         ex = jnp.take(extra, jnp.clip(tokens - v, 0, extra.shape[0] - 1), axis=0).astype(e.dtype)
         e = jnp.where((tokens >= v)[..., None], ex, e)
     return e
 
 
-def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
+def _head_module(params: dict, cfg: ModelConfig) -> dict:
     if cfg.arch == "gpt_neox":
-        return params["embed_out"]["weight"]
+        return params["embed_out"]
     if cfg.tie_word_embeddings:
-        return params["model"]["embed_tokens"]["weight"]
-    return params["lm_head"]["weight"]
+        return params["model"]["embed_tokens"]
+    return params["lm_head"]
+
+
+def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
+    """The head's `(V, D)` weight; an int8 head (`quant.quantize_int8`) comes back dequantised to fp32 (a full
+    copy: the model's own head, `lm_head`, dequantises inside the product instead)."""
+    p = _head_module(params, cfg)
+    if "weight_scale" in p:
+        return L.dequantize(p["weight"], p["weight_scale"])
+    return p["weight"]
+
+
+def lm_head(params: dict, x: Float[Array, "... d"], cfg: ModelConfig, dtype=None,
+            weight_major: bool = False) -> Float[Array, "... v"]:
+    """fp32 logits `x Wᵀ` of the LM head in `dtype` (None: the params' dtype); `weight_major` as `layers.dot_wt`.
+    An int8 head is dequantised inside the product (`layers.dot_wt_int8`)."""
+    p = _head_module(params, cfg)
+    dtype = dtype or param_dtype(params, cfg)
+    if "weight_scale" in p:
+        return L.dot_wt_int8(x.astype(dtype), p["weight"], p["weight_scale"]).astype(jnp.float32)
+    return L.dot_wt(x.astype(dtype), p["weight"].astype(dtype), weight_major).astype(jnp.float32)
+
+
+def param_dtype(params: dict, cfg: ModelConfig):
+    """The dtype the model computes in by default: the embedding's (its scales' if it is int8)."""
+    module = _get(params, cfg.embed_path[:-1])
+    return module["weight_scale"].dtype if "weight_scale" in module else module["weight"].dtype
 
 
 def _get(tree, path):
@@ -351,7 +381,7 @@ def forward(
         raise ValueError("start_layer > 0 needs `embeddings` (the stream entering that block, `hidden_at`) "
                          "and no cache")
     adapters = adapters if adapters is not None else Adapters()
-    dtype = compute_dtype or _get(params, cfg.embed_path).dtype
+    dtype = compute_dtype or param_dtype(params, cfg)
     h = embeddings if embeddings is not None else embed(params, tokens, cfg, adapters.embeddings)
     h = h.astype(dtype)
     # inference on a few rows (decoding: one token per row) streams each weight faster laid out (out, rows)
@@ -367,8 +397,7 @@ def forward(
     final = final_norm(params, h, cfg)
     logits = None
     if return_logits:
-        w = lm_head_weight(params, cfg)
-        logits = L.dot_wt(final.astype(dtype), w.astype(dtype), weight_major).astype(jnp.float32)
+        logits = lm_head(params, final, cfg, dtype, weight_major)
     # HF convention: embeddings, each block's output, and the LAST entry after the final norm.
     hidden = jnp.concatenate([h_in[None], hs[:-1], final[None]], axis=0) if return_hidden else None
     return Output(logits=logits, hidden_states=hidden, final_hidden=final, cache=new_cache, ffn_inputs=ffn_inputs)
@@ -384,9 +413,7 @@ def final_norm(params: dict, h: Float[Array, "... d"], cfg: ModelConfig) -> Floa
 def lm_logits(params: dict, h: Float[Array, "... d"], cfg: ModelConfig) -> Float[Array, "... v"]:
     """fp32 logits from the last block's output stream `h` (final norm + LM head), at any positions: what
     `forward` ends with, for losses that run the head only where they need it."""
-    final = final_norm(params, h, cfg)
-    w = lm_head_weight(params, cfg)
-    return L.dot_wt(final.astype(w.dtype), w, False).astype(jnp.float32)
+    return lm_head(params, final_norm(params, h, cfg), cfg)
 
 
 def hidden_at(
@@ -412,7 +439,7 @@ def hidden_at(
     if not 0 <= layer <= cfg.num_layers:
         raise ValueError(f"layer={layer}: the model has blocks 0..{cfg.num_layers - 1} (layer may be {cfg.num_layers})")
     adapters = adapters if adapters is not None else Adapters()
-    dtype = compute_dtype or _get(params, cfg.embed_path).dtype
+    dtype = compute_dtype or param_dtype(params, cfg)
     h = embeddings if embeddings is not None else embed(params, tokens, cfg, adapters.embeddings)
     h = h.astype(dtype)
     if layer == 0:
